@@ -1,0 +1,1 @@
+"""The feature contract (specs.yaml), append-only vocabularies and point-in-time retrieval."""

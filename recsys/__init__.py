@@ -1,0 +1,1 @@
+"""recsys: nightly batch recommendations with DIN / DIEN / DSIN."""

@@ -1,0 +1,183 @@
+"""One config for every stage: frozen dataclasses loaded from YAML plus explicit overrides.
+
+Nothing happens at import. `load_config()` reads `conf/recsys.yaml` (or `$RECSYS_CONFIG`), resolves
+every path against one root (`$RECSYS_HOME`, else the file's `home` key relative to the file),
+and applies dotted overrides such as `{"train.epochs": 1}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "conf" / "recsys.yaml"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Absolute locations of everything the pipeline reads or writes."""
+
+    home: Path
+    landing: Path
+    warehouse: Path
+    mlflow_db: Path
+    mlflow_artifacts: Path
+    airflow_home: Path
+    dbt_target: Path
+    gx_docs: Path
+    checkpoints: Path
+    dbt_project: Path = REPO_ROOT / "dbt_project"
+    feature_specs: Path = REPO_ROOT / "feature_store" / "specs.yaml"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_reject_rate: float = 0.05
+    behaviors: tuple[str, ...] = ("view", "cart", "fav", "buy", "rating")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    session_gap_minutes: int = 30
+    history_max_len: int = 50
+    negatives_per_positive: int = 4
+    negative_seed: int = 2024
+    candidates_per_user: int = 200
+    candidate_window_days: int = 30
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "din"
+    train_days: int = 7
+    embed_dim: int = 16
+    attention_hidden: tuple[int, ...] = (64, 32)
+    mlp_hidden: tuple[int, ...] = (200, 80)
+    batch_size: int = 256
+    lr: float = 1e-3
+    epochs: int = 2
+    seed: int = 2024
+    device: str = "auto"
+    num_threads: int = 2
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    metric: str = "gauc"
+    min_improvement: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    top_k: int = 50
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ks: tuple[int, ...] = (5, 10, 20, 50)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment_prefix: str = "recsys"
+    registered_model: str = "recsys_ranker"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole pipeline configuration; pass it (not globals) to every stage."""
+
+    paths: Paths
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: `$MLFLOW_TRACKING_URI` when set, else the local SQLite store."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.paths.mlflow_db}"
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """Return a copy with dotted keys replaced, e.g. `{"train.epochs": 1}`."""
+        return _apply_overrides(self, overrides)
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    """Instantiate a frozen dataclass, turning YAML lists into tuples and rejecting unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**clean)
+
+
+def _resolve_paths(raw: dict[str, Any], config_file: Path) -> Paths:
+    env_home = os.environ.get("RECSYS_HOME")
+    home = Path(env_home) if env_home else (config_file.parent / raw.get("home", "../var"))
+    home = home.resolve()
+    rel = raw.get("paths", {})
+    defaults = {
+        "landing": "landing",
+        "warehouse": "warehouse/recsys.duckdb",
+        "mlflow_db": "mlflow/mlflow.db",
+        "mlflow_artifacts": "mlflow/artifacts",
+        "airflow_home": "airflow",
+        "dbt_target": "dbt/target",
+        "gx_docs": "gx/data_docs",
+        "checkpoints": "checkpoints",
+    }
+    unknown = set(rel) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown config keys for paths: {sorted(unknown)}")
+    resolved = {k: home / rel.get(k, v) for k, v in defaults.items()}
+    return Paths(home=home, **resolved)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load the YAML config, resolve paths and apply dotted overrides.
+
+    Args:
+        path: YAML file; default `$RECSYS_CONFIG` or `conf/recsys.yaml` in the repository.
+        overrides: dotted keys to replace, e.g. `{"features.history_max_len": 20}`.
+    """
+    config_file = Path(path or os.environ.get("RECSYS_CONFIG") or DEFAULT_CONFIG).resolve()
+    raw = yaml.safe_load(config_file.read_text()) or {}
+    sections = {
+        "ingest": IngestConfig,
+        "features": FeatureConfig,
+        "train": TrainConfig,
+        "promote": PromoteConfig,
+        "score": ScoreConfig,
+        "evaluate": EvaluateConfig,
+        "mlflow": MlflowConfig,
+    }
+    unknown = set(raw) - set(sections) - {"home", "paths"}
+    if unknown:
+        raise ValueError(f"{config_file}: unknown top-level keys {sorted(unknown)}")
+    built = {name: _build(cls, raw.get(name) or {}) for name, cls in sections.items()}
+    cfg = Config(paths=_resolve_paths(raw, config_file), **built)
+    return cfg.with_overrides(overrides or {})
+
+
+def _apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if not name or not hasattr(cfg, section):
+            raise ValueError(f"override {key!r} must look like 'section.name'")
+        current = getattr(cfg, section)
+        if name not in {f.name for f in dataclasses.fields(current)}:
+            raise ValueError(f"unknown config key {key!r}")
+        value = tuple(value) if isinstance(value, list) else value
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(current, **{name: value})})
+    return cfg

@@ -1,0 +1,452 @@
+"""Stage 1: load one day of landing files into DuckDB `raw.*`, quarantining bad rows.
+
+Every landing file is read into an Arrow table of *strings* plus its physical line number, so the
+typing and business rules run once, in SQL, for every format alike. Each input row ends up either in
+`raw.<entity>` or in `raw.rejected_rows` with its file, line and the rule it broke: accepted +
+rejected = input, checked before commit. The whole ds is replaced in one transaction, so a failure
+(missing partition, unreadable file, too many rejects) leaves the previous contents untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from recsys.config import Config
+from recsys.warehouse import connect, replace_partition, transaction
+
+log = logging.getLogger(__name__)
+
+FORMATS = (".parquet", ".csv", ".jsonl")
+
+# Landing columns per entity: (name, required). Order is the order of the raw table (after ds).
+COLUMNS: dict[str, list[tuple[str, bool]]] = {
+    "behaviors": [("user_id", True), ("item_id", True), ("behavior", True), ("ts", True),
+                  ("value", False), ("device", False)],
+    "users": [("user_id", True), ("age", False), ("gender", False), ("city", False),
+              ("occupation", False)],
+    "items": [("item_id", True), ("category", False), ("brand", False), ("price", False),
+              ("title", False)],
+}
+ID_COLUMN = {"behaviors": None, "users": "user_id", "items": "item_id"}
+
+
+class IngestError(RuntimeError):
+    """A ds cannot be ingested; the message names the file and the rule."""
+
+
+@dataclass
+class EntityCounts:
+    rows_in: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IngestResult:
+    ds: str
+    counts: dict[str, EntityCounts]
+
+    @property
+    def rows_in(self) -> int:
+        return sum(c.rows_in for c in self.counts.values())
+
+
+def validate_ds(ds: str) -> str:
+    """Return ds if it is an ISO date (YYYY-MM-DD); raise ValueError otherwise (no SQL ever sees junk)."""
+    try:
+        return date.fromisoformat(ds).isoformat() if len(ds) == 10 else _bad_ds(ds)
+    except (TypeError, ValueError):
+        return _bad_ds(ds)
+
+
+def _bad_ds(ds: object) -> str:
+    raise ValueError(f"ds must be a date written YYYY-MM-DD, got {ds!r}")
+
+
+def partition_dir(landing: Path, entity: str, ds: str) -> Path:
+    return Path(landing) / entity / f"ds={ds}"
+
+
+def landing_files(landing: Path, entity: str, ds: str) -> list[Path]:
+    """The landing files of one entity and ds, sorted by name (hidden and temp files ignored)."""
+    folder = partition_dir(landing, entity, ds)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix in FORMATS and not p.name.startswith((".", "_")))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading: any format -> Arrow table of string columns + _line + _error (a row-level parse error)
+# --------------------------------------------------------------------------------------------------
+
+def _string_table(columns: dict[str, pa.Array], lines: pa.Array, errors: pa.Array,
+                  raw: pa.Array | None = None) -> pa.Table:
+    """The common shape of every file read: landing columns as strings, `_line` (physical line or
+    Parquet row, 1-based), `_error` (a parse error of that row) and `_raw` (its text when unparsable)."""
+    raw = raw if raw is not None else pa.nulls(len(lines), pa.string())
+    return pa.table({**columns, "_line": lines, "_error": errors, "_raw": raw})
+
+
+def _decode(arr: pa.Array) -> tuple[pa.Array, list[int]]:
+    """Binary -> UTF-8 strings; rows with invalid bytes become null and are reported by index."""
+    try:
+        return pc.cast(arr, pa.string()), []
+    except pa.ArrowInvalid:
+        # rare path: find the offending rows one by one so the good ones are kept
+        values, bad = [], []
+        for i, raw in enumerate(arr.to_pylist()):
+            try:
+                values.append(None if raw is None else raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(None)
+                bad.append(i)
+        return pa.array(values, pa.string()), bad
+
+
+def _read_csv(path: Path, entity: str) -> pa.Table:
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        return _empty(entity)
+    header = [h.strip() for h in header]
+    missing = [c for c, req in COLUMNS[entity] if req and c not in header]
+    if missing:
+        raise IngestError(f"{path}: missing required column(s) {missing} (rule: required_columns; "
+                          f"header is {header})")
+    malformed: list[tuple[int, str, str]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        malformed.append((row.number, row.text,
+                          f"malformed_row (expected {row.expected_columns} fields, got {row.actual_columns})"))
+        return "skip"
+
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False, column_names=header, skip_rows=1),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in header}),
+    )
+    # pyarrow numbers physical lines from 1 counting the header; the good rows are the lines it did
+    # not report as malformed, in order (ignore_empty_lines=False keeps this exact).
+    total = table.num_rows + len(malformed)
+    bad_lines = {m[0] for m in malformed}
+    good_lines = [n for n in range(2, total + 2) if n not in bad_lines]
+    return _assemble(entity, table, good_lines, malformed)
+
+
+def _assemble(entity: str, table: pa.Table, good_lines: list[int],
+              malformed: list[tuple[int, str, str]]) -> pa.Table:
+    """Good rows (decoded) followed by malformed rows carrying their raw text and reason."""
+    errors: list[str | None] = [None] * table.num_rows
+    columns: dict[str, pa.Array] = {}
+    for name, _ in COLUMNS[entity]:
+        if name in table.column_names:
+            values, bad = _decode(table.column(name).combine_chunks())
+            for i in bad:
+                errors[i] = f"invalid_utf8 (column {name})"
+            columns[name] = values
+        else:
+            columns[name] = pa.nulls(table.num_rows, pa.string())
+    good = _string_table(columns, pa.array(good_lines, pa.int64()), pa.array(errors, pa.string()))
+    if not malformed:
+        return good
+    bad_cols = {name: pa.nulls(len(malformed), pa.string()) for name, _ in COLUMNS[entity]}
+    bad = _string_table(bad_cols, pa.array([m[0] for m in malformed], pa.int64()),
+                        pa.array([m[2] for m in malformed], pa.string()),
+                        pa.array([m[1] for m in malformed], pa.string()))
+    return pa.concat_tables([good, bad])
+
+
+def _read_jsonl(path: Path, entity: str, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """One JSON object per physical line; each line is parsed in SQL so a bad line rejects only itself."""
+    lines = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False, column_names=["line"]),
+        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, double_quote=False,
+                                         escape_char=False, ignore_empty_lines=False,
+                                         invalid_row_handler=lambda _: "error"),
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.binary()}),
+    )
+    text, bad = _decode(lines.column("line").combine_chunks())
+    utf8_err = [None] * len(text)
+    for i in bad:
+        utf8_err[i] = "invalid_utf8"
+    src = pa.table({"line": text, "_line": pa.array(range(1, len(text) + 1), pa.int64()),
+                    "_utf8": pa.array(utf8_err, pa.string())})
+    # json_extract_string of NULL is NULL: invalid lines never reach the JSON parser
+    fields = ", ".join(f"json_extract_string(CASE WHEN ok THEN line END, '$.{c}') AS {c}"
+                       for c, _ in COLUMNS[entity])
+    sql = f"""
+        WITH parsed AS (
+            SELECT *, CASE WHEN coalesce(json_valid(line), false)
+                           THEN json_type(CASE WHEN json_valid(line) THEN line END) = 'OBJECT'
+                           ELSE false END AS ok
+            FROM src)
+        SELECT {fields}, _line,
+               coalesce(_utf8, CASE WHEN NOT ok THEN 'malformed_row (not a JSON object)' END) AS _error,
+               CASE WHEN NOT ok THEN line END AS _raw
+        FROM parsed ORDER BY _line"""
+    return _run_arrow(con, sql, src)
+
+
+def _run_arrow(con: duckdb.DuckDBPyConnection, sql: str, src: pa.Table) -> pa.Table:
+    con.register("src", src)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister("src")
+
+
+def _read_parquet(path: Path, entity: str) -> pa.Table:
+    table = pq.read_table(path)
+    missing = [c for c, req in COLUMNS[entity] if req and c not in table.column_names]
+    if missing:
+        raise IngestError(f"{path}: missing required column(s) {missing} (rule: required_columns; "
+                          f"columns are {table.column_names})")
+    columns = {}
+    for name, _ in COLUMNS[entity]:
+        if name not in table.column_names:
+            columns[name] = pa.nulls(table.num_rows, pa.string())
+            continue
+        col = table.column(name).combine_chunks()
+        if pa.types.is_timestamp(col.type) and col.type.tz is not None:
+            col = pc.cast(col, pa.timestamp("us", "UTC"))  # strings then carry a Z: parsed as UTC
+        columns[name] = pc.cast(col, pa.string())
+    lines = pa.array(range(1, table.num_rows + 1), pa.int64())
+    return _string_table(columns, lines, pa.nulls(table.num_rows, pa.string()))
+
+
+def _empty(entity: str) -> pa.Table:
+    cols = {name: pa.array([], pa.string()) for name, _ in COLUMNS[entity]}
+    return _string_table(cols, pa.array([], pa.int64()), pa.array([], pa.string()))
+
+
+def read_landing_file(path: Path, entity: str, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Read one landing file into strings + `_line` + `_error`; unreadable files raise IngestError."""
+    try:
+        if path.suffix == ".csv":
+            return _read_csv(path, entity)
+        if path.suffix == ".jsonl":
+            return _read_jsonl(path, entity, con)
+        return _read_parquet(path, entity)
+    except IngestError:
+        raise
+    except (pa.ArrowException, OSError, duckdb.Error) as exc:
+        raise IngestError(f"{path}: unreadable file (rule: readable_file): {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules: typed columns and the first rule each row breaks, in SQL over all files of an entity
+# --------------------------------------------------------------------------------------------------
+
+INT_RE = r"^\s*-?[0-9]+\s*$"
+
+
+def _clean(col: str) -> str:
+    return f"nullif(trim({col}), '')"
+
+
+def _id_rules(col: str) -> list[tuple[str, str]]:
+    v = _clean(col)
+    return [
+        (f"{col}_null", f"{v} IS NULL"),
+        (f"{col}_not_integer", f"NOT regexp_full_match({v}, '{INT_RE}') OR try_cast({v} AS BIGINT) IS NULL"),
+        (f"{col}_negative", f"try_cast({v} AS BIGINT) < 0"),
+    ]
+
+
+def _not_numeric(col: str) -> str:
+    return f"{_clean(col)} IS NOT NULL AND try_cast({_clean(col)} AS DOUBLE) IS NULL"
+
+
+def _ts_expr() -> str:
+    v = _clean("ts")
+    # unix seconds or ISO-8601 (naive = UTC; the session time zone is UTC, offsets are honoured)
+    return (f"CASE WHEN regexp_full_match({v}, '^-?[0-9]+(\\.[0-9]+)?$') "
+            f"THEN try(to_timestamp(try_cast({v} AS DOUBLE))::TIMESTAMP) "
+            f"ELSE try_cast({v} AS TIMESTAMPTZ)::TIMESTAMP END")
+
+
+def _typed(entity: str) -> dict[str, str]:
+    """SQL expression giving each raw column its type (null when it cannot be typed)."""
+    ints = {"user_id", "item_id", "age"}
+    exprs = {}
+    for name, _ in COLUMNS[entity]:
+        if name in ints:
+            exprs[name] = f"try_cast({_clean(name)} AS {'INTEGER' if name == 'age' else 'BIGINT'})"
+        elif name in ("value", "price"):
+            exprs[name] = f"try_cast({_clean(name)} AS DOUBLE)"
+        elif name == "ts":
+            exprs[name] = _ts_expr()
+        elif name == "behavior":
+            exprs[name] = f"lower({_clean(name)})"
+        else:
+            exprs[name] = _clean(name)
+    return exprs
+
+
+def _rules(entity: str, behaviors: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(reason, condition) pairs checked in order; `ds` is bound as parameter $ds."""
+    all_null = " AND ".join(f"{_clean(c)} IS NULL" for c, _ in COLUMNS[entity])
+    rules = [("empty_row", all_null)]
+    if entity == "behaviors":
+        allowed = ", ".join(f"'{b}'" for b in behaviors)  # from config, not from user data
+        ts = _ts_expr()
+        rules += _id_rules("user_id") + _id_rules("item_id") + [
+            ("behavior_null", f"{_clean('behavior')} IS NULL"),
+            ("behavior_unknown", f"lower({_clean('behavior')}) NOT IN ({allowed})"),
+            ("ts_null", f"{_clean('ts')} IS NULL"),
+            ("ts_unparseable", f"({ts}) IS NULL"),
+            ("ts_outside_ds", f"NOT (({ts}) >= $ds::TIMESTAMP AND ({ts}) < $ds::TIMESTAMP + INTERVAL 1 DAY)"),
+            ("value_not_numeric", _not_numeric("value")),
+        ]
+    elif entity == "users":
+        rules += _id_rules("user_id") + [
+            ("age_not_integer", f"{_clean('age')} IS NOT NULL AND (NOT regexp_full_match({_clean('age')}, "
+                                f"'{INT_RE}') OR try_cast({_clean('age')} AS INTEGER) IS NULL)"),
+            ("age_out_of_range", f"try_cast({_clean('age')} AS INTEGER) NOT BETWEEN 0 AND 130"),
+        ]
+    else:
+        rules += _id_rules("item_id") + [
+            ("price_not_numeric", _not_numeric("price")),
+            ("price_negative", f"try_cast({_clean('price')} AS DOUBLE) < 0"),
+        ]
+    return rules
+
+
+def _dedupe_key(entity: str) -> tuple[str, str]:
+    """Columns identifying one event / snapshot row, and the reason a repeat of it gets."""
+    return {"behaviors": ("user_id, item_id, behavior, ts", "duplicate_event"),
+            "users": ("user_id", "duplicate_user"), "items": ("item_id", "duplicate_item")}[entity]
+
+
+def _check_sql(entity: str, behaviors: tuple[str, ...]) -> str:
+    """SELECT over `landed` giving typed columns, source_file/line, the raw record and the reason."""
+    typed = _typed(entity)
+    cases = " ".join(f"WHEN {cond} THEN '{reason}'" for reason, cond in _rules(entity, behaviors))
+    cols = ", ".join(f"{expr} AS {name}" for name, expr in typed.items())
+    record_struct = ", ".join(f"'{c}': {c}" for c, _ in COLUMNS[entity])
+    key, dup_reason = _dedupe_key(entity)
+    return f"""
+        WITH ruled AS (
+            -- the first broken rule of each row; a row-level parse error wins
+            SELECT _file AS source_file, _line AS source_line, {cols},
+                   coalesce(_raw, to_json({{{record_struct}}})::VARCHAR) AS record,
+                   coalesce(_error, CASE {cases} END) AS reason
+            FROM landed),
+        deduped AS (
+            -- an event (or snapshot id) seen before, in file then line order, is a duplicate
+            SELECT *, CASE WHEN reason IS NULL AND row_number() OVER (
+                        PARTITION BY reason IS NULL, {key} ORDER BY source_file, source_line) > 1
+                      THEN '{dup_reason}' END AS dup
+            FROM ruled)
+        SELECT * EXCLUDE (reason, dup), coalesce(reason, dup) AS reason FROM deduped"""
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+def _load_entity(con: duckdb.DuckDBPyConnection, cfg: Config, entity: str, ds: str) -> EntityCounts:
+    """Read, check and stage one entity into temp table `checked_<entity>`; returns its counts."""
+    files = landing_files(cfg.paths.landing, entity, ds)
+    if entity == "behaviors" and not files:
+        folder = partition_dir(cfg.paths.landing, entity, ds)
+        raise IngestError(f"{folder}: no landing files for ds={ds} (rule: partition_present; expected "
+                          f"*.parquet, *.csv or *.jsonl)")
+    tables = []
+    for path in files:
+        t = read_landing_file(path, entity, con)
+        tables.append(t.append_column("_file", pa.array([str(path)] * t.num_rows, pa.string())))
+    landed = pa.concat_tables(tables) if tables else _empty(entity).append_column(
+        "_file", pa.array([], pa.string()))
+    con.register("landed", landed)
+    try:
+        sql = _check_sql(entity, cfg.ingest.behaviors)
+        params = {"ds": ds} if entity == "behaviors" else {}
+        con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{entity} AS {sql}", params)
+    finally:
+        con.unregister("landed")
+    return _counts(con, entity, landed.num_rows)
+
+
+def _counts(con: duckdb.DuckDBPyConnection, entity: str, rows_in: int) -> EntityCounts:
+    rows = con.execute(f"SELECT reason, count(*) FROM checked_{entity} GROUP BY ALL").fetchall()
+    by_reason = {r: n for r, n in rows if r is not None}
+    accepted = sum(n for r, n in rows if r is None)
+    counts = EntityCounts(rows_in, accepted, sum(by_reason.values()), by_reason)
+    if counts.accepted + counts.rejected != rows_in:  # the promise: nothing is lost
+        raise IngestError(f"{entity}: accepted {accepted} + rejected {counts.rejected} != input {rows_in}")
+    return counts
+
+
+def _check_reject_rate(con: duckdb.DuckDBPyConnection, entity: str, counts: EntityCounts,
+                       max_rate: float) -> None:
+    if counts.rows_in == 0 or counts.rejected / counts.rows_in <= max_rate:
+        return
+    file, line, reason, n = con.execute(
+        f"""SELECT source_file, min(source_line), reason, count(*) FROM checked_{entity}
+            WHERE reason IS NOT NULL GROUP BY source_file, reason ORDER BY 4 DESC, 1, 3 LIMIT 1""").fetchone()
+    raise IngestError(
+        f"{entity}: {counts.rejected} of {counts.rows_in} rows rejected "
+        f"({counts.rejected / counts.rows_in:.1%} > max_reject_rate {max_rate:.1%}); most frequent: {n} rows "
+        f"of {file} broke rule '{reason}' (first at line {line}). Nothing was written; fix the file or "
+        f"raise ingest.max_reject_rate.")
+
+
+def _publish(con: duckdb.DuckDBPyConnection, ds: str, counts: dict[str, EntityCounts]) -> None:
+    """Replace every raw table's ds partition in one transaction."""
+    with transaction(con):
+        for entity in counts:
+            cols = ", ".join(c for c, _ in COLUMNS[entity])
+            replace_partition(con, f"raw.{entity}", ds,
+                              f"SELECT ?::DATE, {cols}, source_file, source_line FROM checked_{entity} "
+                              f"WHERE reason IS NULL ORDER BY source_file, source_line", [ds])
+        replace_partition(con, "raw.rejected_rows", ds, " UNION ALL ".join(
+            f"SELECT ?::DATE, '{e}', source_file, source_line, reason, record FROM checked_{e} "
+            f"WHERE reason IS NOT NULL" for e in counts) + " ORDER BY 2, 3, 4", [ds] * len(counts))
+        replace_partition(con, "raw.ingest_files", ds, " UNION ALL ".join(
+            f"SELECT ?::DATE, '{e}', source_file, count(*), count(*) FILTER (reason IS NULL), "
+            f"count(*) FILTER (reason IS NOT NULL) FROM checked_{e} GROUP BY source_file"
+            for e in counts) + " ORDER BY 2, 3", [ds] * len(counts))
+
+
+def ingest(cfg: Config, ds: str) -> IngestResult:
+    """Load ds's landing files into `raw.*` (delete+insert of the ds partition, one transaction).
+
+    Raises IngestError when the behaviours partition is missing or empty, a file is unreadable or
+    lacks a required column, or an entity's reject rate exceeds `ingest.max_reject_rate`.
+    """
+    ds = validate_ds(ds)
+    con = connect(cfg, read_only=False)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        counts = {e: _load_entity(con, cfg, e, ds) for e in COLUMNS}
+        if counts["behaviors"].rows_in == 0:
+            raise IngestError(f"{partition_dir(cfg.paths.landing, 'behaviors', ds)}: files hold no rows "
+                              f"(rule: partition_not_empty)")
+        for entity, c in counts.items():
+            _check_reject_rate(con, entity, c, cfg.ingest.max_reject_rate)
+        _publish(con, ds, counts)
+    finally:
+        con.close()
+    for entity, c in counts.items():
+        log.info("ingest ds=%s %s: input=%d accepted=%d rejected=%d %s", ds, entity, c.rows_in,
+                 c.accepted, c.rejected, c.rejected_by_reason or "")
+    return IngestResult(ds, counts)
+
+
+def previous_ds(ds: str, days: int = 1) -> str:
+    return (date.fromisoformat(ds) - timedelta(days=days)).isoformat()
