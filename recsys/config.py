@@ -30,7 +30,6 @@ class Paths:
     mlflow_artifacts: Path
     airflow_home: Path
     dbt_target: Path
-    gx_docs: Path
     checkpoints: Path
     dbt_project: Path = REPO_ROOT / "dbt_project"
     feature_specs: Path = REPO_ROOT / "feature_store" / "specs.yaml"
@@ -134,7 +133,6 @@ def _resolve_paths(raw: dict[str, Any], config_file: Path) -> Paths:
         "mlflow_artifacts": "mlflow/artifacts",
         "airflow_home": "airflow",
         "dbt_target": "dbt/target",
-        "gx_docs": "gx/data_docs",
         "checkpoints": "checkpoints",
     }
     unknown = set(rel) - set(defaults)
