@@ -19,7 +19,7 @@ def summary_tables(cfg: Config, k: int = 10) -> tuple[list[tuple], list[tuple]]:
             has_ds = con.execute(
                 "SELECT count(*) FROM information_schema.columns WHERE table_schema || '.' || table_name = ? "
                 "AND column_name = 'ds'", [name]).fetchone()[0]
-            days = f"count(DISTINCT ds)" if has_ds else "NULL"
+            days = "count(DISTINCT ds)" if has_ds else "NULL"
             counts.append((name, *con.execute(f"SELECT count(*), {days} FROM {name}").fetchone()))
         metrics = con.execute(
             "SELECT ds, model, precision, recall, ndcg, hit_rate, users_evaluated FROM marts.ranking_metrics "

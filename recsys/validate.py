@@ -125,7 +125,6 @@ def _describe(result: Any) -> str:
 def _context(cfg: Config) -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     # GX keeps its project (suites, checkpoints, Data Docs) in <home>/gx
