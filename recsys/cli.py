@@ -173,13 +173,14 @@ def data_synth(days: Annotated[int, typer.Option(help="Number of days.")] = 5,
                seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
                start: Annotated[str, typer.Option(help="First ds.")] = "2024-01-01",
                landing: Annotated[Path | None, typer.Option(help="Landing root (default: config).")] = None,
+               fmt: Annotated[str, typer.Option("--format", help="parquet | csv | jsonl")] = "parquet",
                config: ConfigOpt = None) -> None:
     """Write realistic demo behaviour logs and snapshots into the landing layout."""
     from recsys.data.synth import synthesize
 
     target = landing or _config(config).paths.landing
     result = synthesize(target, days=days, users=users, items=items, seed=seed,
-                        start=date.fromisoformat(start))
+                        start=date.fromisoformat(start), fmt=fmt)
     console.print(f"wrote {result.events} events for {result.days} days to {target}")
 
 
@@ -218,3 +219,5 @@ def import_taobao(path: Annotated[Path, typer.Argument(help="Tianchi UserBehavio
     except Exception as exc:
         _fail(exc)
     console.print(result)
+    console.print("Taobao days are Beijing days: ingest them with ingest.day_timezone: Asia/Shanghai "
+                  "(config file, or --set ingest.day_timezone=Asia/Shanghai).")

@@ -38,6 +38,8 @@ class Paths:
 @dataclass(frozen=True)
 class IngestConfig:
     max_reject_rate: float = 0.05
+    # the business day: ds is the local date of `ts` (stored in UTC) in this IANA time zone
+    day_timezone: str = "UTC"
     behaviors: tuple[str, ...] = ("view", "cart", "fav", "buy", "rating")
 
 

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 import pyarrow as pa
@@ -309,7 +310,8 @@ def _rules(entity: str, behaviors: tuple[str, ...]) -> list[tuple[str, str]]:
             ("behavior_unknown", f"lower({_clean('behavior')}) NOT IN ({allowed})"),
             ("ts_null", f"{_clean('ts')} IS NULL"),
             ("ts_unparseable", f"({ts}) IS NULL"),
-            ("ts_outside_ds", f"NOT (({ts}) >= $ds::TIMESTAMP AND ({ts}) < $ds::TIMESTAMP + INTERVAL 1 DAY)"),
+            # ds is the local date of ts in ingest.day_timezone (UTC unless configured)
+            ("ts_outside_ds", f"timezone($tz, ({ts})::TIMESTAMPTZ)::DATE <> $ds::DATE"),
             ("value_not_numeric", _not_numeric("value")),
         ]
     elif entity == "users":
@@ -375,7 +377,7 @@ def _load_entity(con: duckdb.DuckDBPyConnection, cfg: Config, entity: str, ds: s
     con.register("landed", landed)
     try:
         sql = _check_sql(entity, cfg.ingest.behaviors)
-        params = {"ds": ds} if entity == "behaviors" else {}
+        params = {"ds": ds, "tz": cfg.ingest.day_timezone} if entity == "behaviors" else {}
         con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{entity} AS {sql}", params)
     finally:
         con.unregister("landed")
@@ -430,6 +432,7 @@ def ingest(cfg: Config, ds: str) -> IngestResult:
     lacks a required column, or an entity's reject rate exceeds `ingest.max_reject_rate`.
     """
     ds = validate_ds(ds)
+    _check_timezone(cfg.ingest.day_timezone)
     con = connect(cfg, read_only=False)
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -446,6 +449,13 @@ def ingest(cfg: Config, ds: str) -> IngestResult:
         log.info("ingest ds=%s %s: input=%d accepted=%d rejected=%d %s", ds, entity, c.rows_in,
                  c.accepted, c.rejected, c.rejected_by_reason or "")
     return IngestResult(ds, counts)
+
+
+def _check_timezone(tz: str) -> None:
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"ingest.day_timezone {tz!r} is not an IANA time zone (e.g. UTC, Asia/Shanghai)") from exc
 
 
 def previous_ds(ds: str, days: int = 1) -> str:

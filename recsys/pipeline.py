@@ -6,6 +6,7 @@ exactly the same code path: `recsys <stage> --ds D`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, is_dataclass
@@ -49,8 +50,7 @@ def summarize(result: Any) -> dict[str, Any]:
         raw = result
     else:
         raw = {"result": result}
-    return {k: v if isinstance(v, int | float | str | bool | type(None)) else str(v)
-            for k, v in raw.items()}
+    return json.loads(json.dumps(raw, default=str))  # paths, dates, numpy scalars -> plain JSON
 
 
 def run_stage(name: str, ds: str, cfg: Config | None = None, **kwargs: Any) -> dict[str, Any]:

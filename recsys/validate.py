@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,11 @@ class DataValidationError(RuntimeError):
 
 @dataclass(frozen=True)
 class SuiteSpec:
-    """One suite: the SQL that reads the ds's rows (params: ds) and its expectations."""
+    """One suite: the SQL that reads the ds's rows, its bound parameters and its expectations."""
 
     name: str
     sql: str
+    params: list[Any]
     expectations: list[Any]
 
 
@@ -59,11 +60,12 @@ def _suites(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> list[SuiteS
     import great_expectations as gx
 
     E = gx.expectations
-    start = datetime.fromisoformat(ds).timestamp()
     lo, hi = _row_count_band(con, "raw.behaviors", ds)
     suites = [SuiteSpec(
         "raw_behaviors",
-        "SELECT user_id, item_id, behavior, epoch(ts) AS ts_epoch FROM raw.behaviors WHERE ds = ?",
+        "SELECT user_id, item_id, behavior, "
+        "timezone(?, ts::TIMESTAMPTZ)::DATE = ds AS ts_in_ds FROM raw.behaviors WHERE ds = ?",
+        [cfg.ingest.day_timezone, ds],
         [
             E.ExpectTableRowCountToBeBetween(min_value=lo, max_value=hi),
             E.ExpectColumnValuesToNotBeNull(column="user_id"),
@@ -71,9 +73,8 @@ def _suites(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> list[SuiteS
             E.ExpectColumnValuesToBeBetween(column="user_id", min_value=0),
             E.ExpectColumnValuesToBeBetween(column="item_id", min_value=0),
             E.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(cfg.ingest.behaviors)),
-            # timestamps inside ds (UTC): [start, start + 1 day)
-            E.ExpectColumnValuesToBeBetween(column="ts_epoch", min_value=start, max_value=start + 86400,
-                                            strict_max=True),
+            # every ts is inside ds (the local day in ingest.day_timezone)
+            E.ExpectColumnValuesToBeInSet(column="ts_in_ds", value_set=[True]),
         ],
     )]
     if table_exists(con, "marts.training_examples"):
@@ -82,6 +83,7 @@ def _suites(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> list[SuiteS
             "training_examples",
             "SELECT example_id, user_id, item_id, label, history_length FROM marts.training_examples "
             "WHERE ds = ?",
+            [ds],
             [
                 E.ExpectTableRowCountToBeBetween(min_value=1),
                 E.ExpectColumnValuesToBeUnique(column="example_id"),
@@ -100,6 +102,7 @@ def _suites(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> list[SuiteS
             "scoring_candidates",
             "SELECT user_id, item_id, count(*) OVER (PARTITION BY user_id) AS per_user "
             "FROM marts.scoring_candidates WHERE ds = ?",
+            [ds],
             [
                 E.ExpectTableRowCountToBeBetween(min_value=1),
                 E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
@@ -162,7 +165,8 @@ def validate(cfg: Config, ds: str, raise_on_failure: bool = True) -> ValidationR
     con = connect(cfg, read_only=True)
     try:
         specs = _suites(con, cfg, ds)
-        frames = {s.name: con.execute(s.sql, [ds]).df() for s in specs}
+        con.execute("SET TimeZone = 'UTC'")  # raw ts are naive UTC
+        frames = {s.name: con.execute(s.sql, s.params).df() for s in specs}
     finally:
         con.close()
     ctx = _context(cfg)

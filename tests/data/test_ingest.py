@@ -190,3 +190,17 @@ def test_counts_reconcile_per_file(cfg: Config) -> None:
 def test_hostile_or_malformed_ds_is_refused(ds: str) -> None:
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         validate_ds(ds)
+
+
+def test_business_day_in_another_time_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taobao's days are Beijing days: 2024-01-01 00:30 Beijing is 2023-12-31 16:30 UTC and belongs to ds."""
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    cfg = load_config(overrides={"ingest.day_timezone": "Asia/Shanghai", "ingest.max_reject_rate": 0.5})
+    write(cfg, "a.csv", HEADER + "1,2,view,2023-12-31T16:30:00,,\n2,2,view,2024-01-01T16:30:00,,\n"
+                                 "3,2,view,2024-01-01T15:59:59,,\n")
+    ingest(cfg, DS)
+    assert rows(cfg, "SELECT user_id, ts::VARCHAR FROM raw.behaviors ORDER BY 1") == [
+        (1, "2023-12-31 16:30:00"), (3, "2024-01-01 15:59:59")]
+    assert rejected(cfg) == {3: "ts_outside_ds"}
+    with pytest.raises(ValueError, match="not an IANA time zone"):
+        ingest(cfg.with_overrides({"ingest.day_timezone": "Mars/Olympus"}), DS)

@@ -44,7 +44,7 @@ def test_bad_rows_fail_with_observed_values(cfg: Config) -> None:
     assert "expect_column_values_to_be_between({'column': 'user_id', 'min_value': 0" in msg
     assert "e.g. [-5]" in msg
     assert "expect_column_values_to_be_in_set" in msg and "'teleport'" in msg
-    assert "ts_epoch" in msg
+    assert "ts_in_ds" in msg
     assert "Data Docs:" in msg
 
 

@@ -1,0 +1,543 @@
+"""Importers from public data sets into the landing layout (docs/architecture.md, "Landing contract").
+
+- MovieLens, four layouts detected from the folder: ML-100K (`u.data`, `u.user`, `u.item`), ML-1M
+  (`ratings.dat`, `users.dat`, `movies.dat`, `::`-separated), the CSV releases (`ratings.csv`,
+  `movies.csv`) and the atomic files (`<name>.inter`, `<name>.user`, `<name>.item`, typed headers).
+  Every rating becomes a `rating` behaviour with the rating as `value`, in the partition of its UTC day.
+- Taobao UserBehavior.csv (Tianchi): 100M rows, streamed in blocks; its days are Beijing days, so the
+  ds of an event is its date in UTC+8 while `ts` stays UTC. Rows that cannot be imported go, with file,
+  line and reason, to `<landing>/_rejected/taobao/rejected.csv`: rows in = rows written + rows rejected.
+
+Profiles and catalogues are written as snapshots into the first ds written, so they are in place before
+the first day's behaviours are ingested.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from recsys.data.landing import PartitionStream, temp_path, write_partition
+
+EPOCH = date(1970, 1, 1)
+DAY_S = 86_400
+BEIJING_OFFSET_S = 8 * 3600
+
+BEHAVIOR_SCHEMA = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("behavior", pa.string()),
+                             ("ts", pa.timestamp("us")), ("value", pa.float64()), ("device", pa.string())])
+USER_SCHEMA = pa.schema([("user_id", pa.int64()), ("age", pa.int32()), ("gender", pa.string()),
+                         ("city", pa.string()), ("occupation", pa.string())])
+ITEM_SCHEMA = pa.schema([("item_id", pa.int64()), ("category", pa.string()), ("brand", pa.string()),
+                         ("price", pa.float64()), ("title", pa.string())])
+REJECT_SCHEMA = pa.schema([("source_file", pa.string()), ("source_line", pa.int64()),
+                           ("reason", pa.string()), ("record", pa.string())])
+
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                 "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+                 "Sci-Fi", "Thriller", "War", "Western")
+# ML-1M users.dat codes its occupations (README of ml-1m)
+ML1M_OCCUPATIONS = ("other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+                    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+                    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+                    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
+TAOBAO_BEHAVIORS = {"pv": "view", "fav": "fav", "cart": "cart", "buy": "buy"}
+
+
+@dataclass
+class ImportSummary:
+    """What an import read and wrote. rows_in = rows_written + rows_rejected + rows_skipped_outside_window.
+
+    users / items count the distinct ids in the behaviours written.
+    """
+
+    source_format: str
+    rows_in: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    rows_skipped_outside_window: int = 0
+    days: list[str] = field(default_factory=list)
+    users: int = 0
+    items: int = 0
+    rejected_path: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers
+# ------------------------------------------------------------------------------------------------
+
+def _ds(day_number: int) -> str:
+    """Days since 1970-01-01 -> 'YYYY-MM-DD'."""
+    return (EPOCH + timedelta(days=int(day_number))).isoformat()
+
+
+def _day_number(d: date) -> int:
+    return (d - EPOCH).days
+
+
+def _read_table(path: Path, names: list[str], delimiter: str, types: dict[str, pa.DataType] | None = None,
+                encoding: str = "utf8", header_rows: int = 0, quoted: bool = False) -> pa.Table:
+    """A headerless (or header-skipped) delimited file with the given column names.
+
+    MovieLens' tab and pipe files are not quoted (titles contain `"`), so quoting is off unless asked.
+    """
+    try:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=header_rows, encoding=encoding),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False),
+            convert_options=pacsv.ConvertOptions(column_types={n: (types or {}).get(n, pa.string())
+                                                               for n in names}),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read as {len(names)} {delimiter!r}-separated columns: "
+                         f"{exc}") from exc
+
+
+def _null_strings(n: int) -> pa.Array:
+    return pa.nulls(n, pa.string())
+
+
+def _first_token(values: pa.Array, separator: str) -> pa.Array:
+    """The first `separator`-separated token of each string; empty -> null."""
+    first = pc.list_element(pc.split_pattern(pc.fill_null(values, ""), separator), 0)
+    return pc.if_else(pc.equal(first, ""), _null_strings(len(first)), first)
+
+
+def _int_column(table: pa.Table, name: str, path: Path, dtype: pa.DataType | None = None) -> pa.Array:
+    """A column as integers (int64 unless dtype); a non-integer raises ValueError naming file and column."""
+    dtype = dtype or pa.int64()
+    col = pc.utf8_trim_whitespace(table.column(name)) if pa.types.is_string(table.column(name).type) \
+        else table.column(name)
+    try:
+        return pc.cast(col, dtype)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{path}: column {name} is not integer: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# MovieLens
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _MovieLensFiles:
+    fmt: str
+    ratings: Path
+    items: Path | None
+    users: Path | None
+
+
+_ML_LAYOUTS = (  # format, ratings, items, users (detection order)
+    ("ml-100k", "u.data", "u.item", "u.user"),
+    ("ml-1m", "ratings.dat", "movies.dat", "users.dat"),
+    ("ml-csv", "ratings.csv", "movies.csv", None),
+)
+
+
+def detect_movielens(path: Path) -> _MovieLensFiles:
+    """Find the MovieLens layout of a folder (or of the folder of a file); ValueError when there is none."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    candidates = []
+    for fmt, ratings, items, users in _ML_LAYOUTS:
+        if (folder / ratings).is_file():
+            candidates.append(_MovieLensFiles(fmt, folder / ratings, _existing(folder, items),
+                                              _existing(folder, users)))
+    for inter in sorted(folder.glob("*.inter")) if folder.is_dir() else []:
+        candidates.append(_MovieLensFiles("atomic", inter, _existing(folder, inter.stem + ".item"),
+                                          _existing(folder, inter.stem + ".user")))
+    if not candidates:
+        looked = "; ".join(f"{r} (+ {i}{', ' + u if u else ''})" for _, r, i, u in _ML_LAYOUTS)
+        raise ValueError(f"{path}: no MovieLens files found; looked for {looked}; "
+                         f"<name>.inter (+ <name>.item, <name>.user)")
+    # a file named on the command line picks its own layout
+    return next((c for c in candidates if path in (c.ratings, c.items, c.users)), candidates[0])
+
+
+def _existing(folder: Path, name: str | None) -> Path | None:
+    return folder / name if name and (folder / name).is_file() else None
+
+
+def import_movielens(path: Path, landing: Path, start: date | None = None,
+                     end: date | None = None) -> ImportSummary:
+    """Import a MovieLens release; optional start/end (UTC dates, inclusive) restrict the days written."""
+    files = detect_movielens(path)
+    reader = {"ml-100k": _read_ml100k, "ml-1m": _read_ml1m, "ml-csv": _read_ml_csv,
+              "atomic": _read_ml_atomic}[files.fmt]
+    ratings, users, items = reader(files)
+    return _write_ratings(files.fmt, ratings, users, items, Path(landing), start, end)
+
+
+def _ratings_table(table: pa.Table, path: Path, names: tuple[str, str, str, str]) -> pa.Table:
+    """user_id, item_id, rating (float64), timestamp (int64 unix seconds) from the named columns."""
+    user, item, rating, ts = names
+    try:
+        value = pc.cast(table.column(rating), pa.float64())
+        seconds = pc.cast(pc.cast(table.column(ts), pa.float64()), pa.int64())  # atomic files type it float
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{path}: rating or timestamp is not numeric: {exc}") from exc
+    return pa.table({"user_id": _int_column(table, user, path), "item_id": _int_column(table, item, path),
+                     "rating": value, "timestamp": seconds})
+
+
+def _users_table(u: pa.Table, path: Path, occupation: pa.Array | None = None) -> pa.Table:
+    """Users snapshot from columns user_id, age, gender, occupation (or the occupation given)."""
+    # MovieLens has zip codes, not cities: city stays null rather than a high-cardinality stand-in
+    occupation = u.column("occupation") if occupation is None else occupation
+    return pa.table([_int_column(u, "user_id", path), _int_column(u, "age", path, pa.int32()),
+                     u.column("gender"), _null_strings(u.num_rows), occupation],
+                    schema=USER_SCHEMA)
+
+
+def _items_table(item_id: pa.Array, category: pa.Array, title: pa.Array) -> pa.Table:
+    n = len(item_id)
+    return pa.table([item_id, category, _null_strings(n), pa.nulls(n, pa.float64()), title],
+                    schema=ITEM_SCHEMA)
+
+
+def _read_ml100k(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
+    raw = _read_table(files.ratings, ["user_id", "item_id", "rating", "timestamp"], "\t")
+    ratings = _ratings_table(raw, files.ratings, ("user_id", "item_id", "rating", "timestamp"))
+    users = items = None
+    if files.users:
+        users = _users_table(_read_table(files.users, ["user_id", "age", "gender", "occupation", "zip"], "|"),
+                             files.users)
+    if files.items:
+        names = ["item_id", "title", "release_date", "video_release_date", "url", *ML100K_GENRES]
+        it = _read_table(files.items, names, "|", {g: pa.int8() for g in ML100K_GENRES}, encoding="latin-1")
+        flags = np.column_stack([it.column(g).to_numpy(zero_copy_only=False) for g in ML100K_GENRES]) > 0
+        first = pc.take(pa.array(ML100K_GENRES), pa.array(flags.argmax(axis=1)))
+        category = pc.if_else(pa.array(flags.any(axis=1)), first, _null_strings(it.num_rows))
+        items = _items_table(_int_column(it, "item_id", files.items), category, it.column("title"))
+    return ratings, users, items
+
+
+def _read_double_colon(path: Path, names: list[str], encoding: str = "utf8") -> pa.Table:
+    """ML-1M `::`-separated lines as string columns (pyarrow's CSV reader takes one-character delimiters)."""
+    lines = _read_table(path, ["line"], "\x1f", encoding=encoding).column("line")
+    parts = pc.split_pattern(lines, "::")
+    counts = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+    if (bad := np.flatnonzero(counts != len(names))).size:
+        raise ValueError(f"{path}: line {bad[0] + 1} has {counts[bad[0]]} '::'-separated fields, "
+                         f"expected {len(names)} ({', '.join(names)})")
+    return pa.table({n: pc.list_element(parts, i) for i, n in enumerate(names)})
+
+
+def _read_ml1m(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
+    names = ["user_id", "item_id", "rating", "timestamp"]
+    ratings = _ratings_table(_read_double_colon(files.ratings, names), files.ratings, tuple(names))
+    users = items = None
+    if files.users:
+        u = _read_double_colon(files.users, ["user_id", "gender", "age", "occupation", "zip"])
+        code = _int_column(u, "occupation", files.users)
+        known = pc.less(code, len(ML1M_OCCUPATIONS))
+        occupation = pc.if_else(known, pc.take(pa.array(ML1M_OCCUPATIONS), pc.if_else(known, code, 0)),
+                                pc.cast(code, pa.string()))
+        users = _users_table(u, files.users, occupation)
+    if files.items:
+        m = _read_double_colon(files.items, ["item_id", "title", "genres"], encoding="latin-1")
+        items = _items_table(_int_column(m, "item_id", files.items), _first_token(m.column("genres"), "|"),
+                             m.column("title"))
+    return ratings, users, items
+
+
+def _read_ml_csv(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
+    names = ["userId", "movieId", "rating", "timestamp"]
+    raw = _read_table(files.ratings, names, ",", header_rows=1, quoted=True)
+    ratings = _ratings_table(raw, files.ratings, tuple(names))
+    items = None
+    if files.items:
+        m = _read_table(files.items, ["movieId", "title", "genres"], ",", header_rows=1, quoted=True)
+        genre = _first_token(m.column("genres"), "|")
+        genre = pc.if_else(pc.equal(genre, "(no genres listed)"), _null_strings(len(genre)), genre)
+        items = _items_table(_int_column(m, "movieId", files.items), genre, m.column("title"))
+    return ratings, None, items  # the CSV releases carry no user profiles
+
+
+def _atomic(path: Path) -> pa.Table:
+    """An atomic file: tab-separated with a typed header (`name:token`); columns named without the type."""
+    with open(path, encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
+    return _read_table(path, [h.split(":")[0] for h in header], "\t", header_rows=1)
+
+
+def _read_ml_atomic(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
+    names = ("user_id", "item_id", "rating", "timestamp")
+    ratings = _ratings_table(_atomic(files.ratings), files.ratings, names)
+    users = items = None
+    if files.users:
+        users = _users_table(_atomic(files.users), files.users)
+    if files.items:
+        it = _atomic(files.items)
+        title = it.column("movie_title") if "movie_title" in it.column_names else _null_strings(it.num_rows)
+        category = _first_token(it.column("class"), " ")
+        items = _items_table(_int_column(it, "item_id", files.items), category, title)
+    return ratings, users, items
+
+
+def _write_ratings(fmt: str, ratings: pa.Table, users: pa.Table | None, items: pa.Table | None,
+                   landing: Path, start: date | None, end: date | None) -> ImportSummary:
+    """One behaviours partition per UTC day inside [start, end]; snapshots into the first day written."""
+    seconds = ratings.column("timestamp").to_numpy()
+    day = seconds // DAY_S
+    keep = np.ones(len(day), bool)
+    if start is not None:
+        keep &= day >= _day_number(start)
+    if end is not None:
+        keep &= day <= _day_number(end)
+    idx = np.flatnonzero(keep)
+    user, item = ratings.column("user_id").to_numpy()[idx], ratings.column("item_id").to_numpy()[idx]
+    idx = idx[np.lexsort((item, user, seconds[idx]))]   # time order, ties broken deterministically
+    table = pa.table([ratings.column("user_id").take(idx), ratings.column("item_id").take(idx),
+                      pa.array(np.full(len(idx), "rating")),
+                      pa.array(seconds[idx] * 1_000_000, pa.timestamp("us")),
+                      ratings.column("rating").take(idx), _null_strings(len(idx))], schema=BEHAVIOR_SCHEMA)
+    days = _write_by_day(landing, table, day[idx])
+    if days:
+        for entity, snapshot in (("users", users), ("items", items)):
+            if snapshot is not None:
+                write_partition(landing, entity, days[0], snapshot)
+    return ImportSummary(fmt, rows_in=ratings.num_rows, rows_written=len(idx),
+                         rows_skipped_outside_window=ratings.num_rows - len(idx), days=days,
+                         users=len(np.unique(table.column("user_id").to_numpy())),
+                         items=len(np.unique(table.column("item_id").to_numpy())))
+
+
+def _write_by_day(landing: Path, table: pa.Table, day: np.ndarray) -> list[str]:
+    """Write rows sorted by `day` [N] as one partition per day; returns the ds written."""
+    values, first = np.unique(day, return_index=True)
+    bounds = np.r_[first, len(day)]
+    for d, lo, hi in zip(values, bounds[:-1], bounds[1:], strict=True):
+        write_partition(landing, "behaviors", _ds(d), table.slice(lo, hi - lo))
+    return [_ds(d) for d in values]
+
+
+# ------------------------------------------------------------------------------------------------
+# Taobao UserBehavior.csv
+# ------------------------------------------------------------------------------------------------
+
+TAOBAO_BLOCK_BYTES = 32 << 20   # ~1M lines per streamed batch
+_INT = r"^[0-9]{1,18}$"         # non-negative and fits int64
+_TS = r"^-?[0-9]{1,12}$"
+# rules in the order they are checked; a row gets the first one it breaks (code = position + 1)
+_TAOBAO_RULES = ("invalid_utf8", "empty_row", "malformed_row", "user_id_not_integer", "item_id_not_integer",
+                 "category_id_not_integer", "behavior_unknown", "ts_not_integer", "outside_window")
+
+
+class _RejectSink:
+    """Rejected rows streamed to a temp CSV, moved into place on commit (a rerun replaces the file)."""
+
+    def __init__(self, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.final, self.tmp, self.rows = final, temp_path(final), 0
+        self._writer = pacsv.CSVWriter(self.tmp, REJECT_SCHEMA,
+                                       write_options=pacsv.WriteOptions(quoting_style="needed"))
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> None:
+        self._writer.close()
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def import_taobao(path: Path, landing: Path, start: date = date(2017, 11, 25),
+                  end: date = date(2017, 12, 3)) -> ImportSummary:
+    """Stream UserBehavior.csv (user, item, category, pv|fav|cart|buy, unix seconds; no header) into
+    behaviours partitions by Beijing date in [start, end]; `ts` is written in UTC.
+
+    Rows outside the window, of unknown behaviour or with unparsable fields are written with their line
+    and reason to `<landing>/_rejected/taobao/rejected.csv`, never to the landing partitions.
+    """
+    path, landing = Path(path), Path(landing)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (expected Tianchi UserBehavior.csv)")
+    window = (_day_number(start), _day_number(end))
+    stream = PartitionStream(landing, "behaviors", BEHAVIOR_SCHEMA)
+    rejects = _RejectSink(landing / "_rejected" / "taobao" / "rejected.csv")
+    seen = _SeenIds()
+    rows_in = 0
+    try:
+        for batch in _taobao_batches(path):
+            good, bad = parse_taobao_lines(batch, rows_in + 1, window, str(path))
+            rows_in += len(batch)
+            rejects.write(bad)
+            _write_taobao_days(stream, good)
+            seen.add(good)
+        days = stream.commit()
+    except BaseException as exc:
+        stream.abort()
+        rejects.abort()
+        if isinstance(exc, pa.ArrowInvalid):
+            raise ValueError(f"{path}: unreadable near line {rows_in + 1}: {exc}") from exc
+        raise
+    rejects.commit()
+    if days:
+        write_partition(landing, "items", days[0], seen.items_table())
+    written = sum(stream.rows.values())
+    return ImportSummary("taobao", rows_in=rows_in, rows_written=written, rows_rejected=rejects.rows,
+                         days=days, users=len(seen.users), items=len(seen.items), rejected_path=rejects.final)
+
+
+def _taobao_batches(path: Path) -> Iterator[pa.Array]:
+    """Each physical line as one binary value, in blocks (no delimiter/quote parsing: bad lines survive)."""
+    if path.stat().st_size == 0:
+        return
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=["line"], block_size=TAOBAO_BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, double_quote=False,
+                                         escape_char=False, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.binary()}),
+    )
+    for batch in reader:
+        yield batch.column(0)
+
+
+def _decode(raw: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Binary -> UTF-8 strings [N] and a mask [N] of invalid rows (decoded with replacement characters)."""
+    try:
+        return pc.cast(raw, pa.string()), np.zeros(len(raw), bool)
+    except pa.ArrowInvalid:
+        values = raw.to_pylist()  # rare path: only a block that holds invalid bytes is decoded row by row
+        bad = np.zeros(len(values), bool)
+        for i, v in enumerate(values):
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                bad[i] = True
+        return pa.array([v.decode("utf-8", errors="replace") for v in values], pa.string()), bad
+
+
+def _known_behavior(behavior: pa.Array) -> np.ndarray:
+    known = pc.is_in(behavior, pa.array(list(TAOBAO_BEHAVIORS)))
+    return pc.fill_null(known, False).to_numpy(zero_copy_only=False)
+
+
+def _matches(values: pa.Array, pattern: str) -> np.ndarray:
+    return pc.fill_null(pc.match_substring_regex(values, pattern), False).to_numpy(zero_copy_only=False)
+
+
+def parse_taobao_lines(raw: pa.Array, first_line: int, window: tuple[int, int],
+                       source: str) -> tuple[pa.Table, pa.Table]:
+    """Parse a block of raw lines [N] starting at physical line `first_line` (1-based).
+
+    Returns (good rows in BEHAVIOR_SCHEMA plus `day`, the Beijing day number; rejected rows in
+    REJECT_SCHEMA). `window` is the inclusive range of Beijing day numbers kept.
+    """
+    text, bad_utf8 = _decode(raw)
+    # five trailing commas make list_element safe on short rows; the field count is length - 5
+    parts = pc.split_pattern(pc.binary_join_element_wise(text, ",,,,,", ""), ",")
+    n_fields = pc.list_value_length(parts).to_numpy(zero_copy_only=False) - 5
+    f = [pc.utf8_trim_whitespace(pc.list_element(parts, i)) for i in range(5)]
+    behavior = pc.utf8_lower(f[3])
+    ok_ts = _matches(f[4], _TS)
+    seconds = pc.cast(pc.if_else(pa.array(ok_ts), f[4], "0"), pa.int64()).to_numpy()
+    day = (seconds + BEIJING_OFFSET_S) // DAY_S   # floor division: the Beijing calendar day
+    broken = [bad_utf8, _matches(text, r"^\s*$"), n_fields != 5, ~_matches(f[0], _INT), ~_matches(f[1], _INT),
+              ~_matches(f[2], _INT), ~_known_behavior(behavior), ~ok_ts,
+              (day < window[0]) | (day > window[1])]
+    code = np.zeros(len(text), np.int8)
+    for k in range(len(broken) - 1, -1, -1):   # reversed so that the first broken rule wins
+        code[broken[k]] = k + 1
+    good = np.flatnonzero(code == 0)
+    return (_taobao_good(f, behavior, seconds, day, good),
+            _taobao_bad(text, n_fields, code, first_line, source))
+
+
+def _taobao_good(f: list[pa.Array], behavior: pa.Array, seconds: np.ndarray, day: np.ndarray,
+                 good: np.ndarray) -> pa.Table:
+    idx = pa.array(good)
+    mapped = pc.take(pa.array(list(TAOBAO_BEHAVIORS.values())),
+                     pc.index_in(behavior.take(idx), pa.array(list(TAOBAO_BEHAVIORS))))
+    return pa.table({
+        "user_id": pc.cast(f[0].take(idx), pa.int64()), "item_id": pc.cast(f[1].take(idx), pa.int64()),
+        "behavior": mapped, "ts": pa.array(seconds[good] * 1_000_000, pa.timestamp("us")),
+        "value": pa.nulls(len(good), pa.float64()), "device": _null_strings(len(good)),
+        "category": pc.cast(pc.cast(f[2].take(idx), pa.int64()), pa.string()),
+        "day": pa.array(day[good]),
+    })
+
+
+def _taobao_bad(text: pa.Array, n_fields: np.ndarray, code: np.ndarray, first_line: int,
+                source: str) -> pa.Table:
+    bad = np.flatnonzero(code > 0)
+    reason = pc.take(pa.array(("",) + _TAOBAO_RULES), pa.array(code[bad]))
+    malformed = code[bad] == _TAOBAO_RULES.index("malformed_row") + 1
+    detail = pc.binary_join_element_wise("malformed_row (expected 5 fields, got ",
+                                         pc.cast(pa.array(n_fields[bad]), pa.string()), ")", "")
+    reason = pc.if_else(pa.array(malformed), detail, reason)
+    return pa.table([pa.array(np.full(len(bad), source)), pa.array(bad + first_line, pa.int64()), reason,
+                     text.take(pa.array(bad))], schema=REJECT_SCHEMA)
+
+
+def _write_taobao_days(stream: PartitionStream, good: pa.Table) -> None:
+    """Append a block's rows to the partition of each Beijing day they belong to."""
+    day = good.column("day").to_numpy()
+    order = np.argsort(day, kind="stable")
+    values, first = np.unique(day[order], return_index=True)
+    bounds = np.r_[first, len(order)]
+    for d, lo, hi in zip(values, bounds[:-1], bounds[1:], strict=True):
+        stream.write(_ds(d), good.take(pa.array(order[lo:hi])))
+
+
+class _SeenIds:
+    """Distinct users and items (with each item's first category) over all streamed blocks.
+
+    Blocks are de-duplicated on arrival and merged into the running sets only once the pending part
+    outgrows them, so the total sorting work stays proportional to the input (amortised), not blocks x ids.
+    """
+
+    def __init__(self) -> None:
+        self._users: list[np.ndarray] = []
+        self._items: list[np.ndarray] = []
+        self._cats: list[np.ndarray] = []
+        self._pending = 0
+
+    def add(self, good: pa.Table) -> None:
+        users = np.unique(good.column("user_id").to_numpy())
+        items, first = np.unique(good.column("item_id").to_numpy(), return_index=True)
+        self._users.append(users)
+        self._items.append(items)
+        self._cats.append(pc.cast(good.column("category"), pa.int64()).to_numpy()[first])
+        self._pending += len(items) + len(users)
+        if self._pending > max(len(self._items[0]) + len(self._users[0]), 1 << 22):
+            self._merge()
+
+    def _merge(self) -> None:
+        """Collapse the lists into one sorted array each; earlier blocks win an item's category."""
+        if len(self._items) <= 1 and self._pending == 0:
+            return
+        self._users = [np.unique(np.concatenate(self._users))]
+        items, first = np.unique(np.concatenate(self._items), return_index=True)
+        self._cats = [np.concatenate(self._cats)[first]]
+        self._items = [items]
+        self._pending = 0
+
+    @property
+    def users(self) -> np.ndarray:
+        self._merge()
+        return self._users[0] if self._users else np.empty(0, np.int64)
+
+    @property
+    def items(self) -> np.ndarray:
+        self._merge()
+        return self._items[0] if self._items else np.empty(0, np.int64)
+
+    def items_table(self) -> pa.Table:
+        items = self.items
+        categories = self._cats[0] if self._cats else np.empty(0, np.int64)
+        return _items_table(pa.array(items, pa.int64()), pc.cast(pa.array(categories, pa.int64()), pa.string()),
+                            _null_strings(len(items)))
