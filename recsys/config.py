@@ -54,6 +54,13 @@ class FeatureConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    # a ds's raw row count must lie within these multiples of the previous ds's count
+    min_row_ratio: float = 0.2
+    max_row_ratio: float = 5.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: str = "din"
     train_days: int = 7
@@ -66,6 +73,8 @@ class TrainConfig:
     seed: int = 2024
     device: str = "auto"
     num_threads: int = 2
+    l2_reg: float = 1e-5             # weight of the mini-batch aware L2 on embedding rows
+    aux_loss_weight: float = 1.0     # DIEN's auxiliary loss weight (alpha in the paper)
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class EvaluateConfig:
 class MlflowConfig:
     experiment_prefix: str = "recsys"
     registered_model: str = "recsys_ranker"
+    tracking_uri: str | None = None  # default: sqlite:///<home>/mlflow/mlflow.db
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class Config:
     paths: Paths
     ingest: IngestConfig = field(default_factory=IngestConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -105,8 +116,13 @@ class Config:
 
     @property
     def tracking_uri(self) -> str:
-        """MLflow tracking URI: `$MLFLOW_TRACKING_URI` when set, else the local SQLite store."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.paths.mlflow_db}"
+        """MLflow tracking URI: `mlflow.tracking_uri` (or `$RECSYS_MLFLOW_TRACKING_URI`), else the local SQLite store.
+
+        Not `$MLFLOW_TRACKING_URI`: mlflow itself writes that variable, so reading it back would make a
+        second config in the same process silently use the first one's store.
+        """
+        explicit = self.mlflow.tracking_uri or os.environ.get("RECSYS_MLFLOW_TRACKING_URI")
+        return explicit or f"sqlite:///{self.paths.mlflow_db}"
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """Return a copy with dotted keys replaced, e.g. `{"train.epochs": 1}`."""
@@ -156,6 +172,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     sections = {
         "ingest": IngestConfig,
         "features": FeatureConfig,
+        "validate": ValidateConfig,
         "train": TrainConfig,
         "promote": PromoteConfig,
         "score": ScoreConfig,

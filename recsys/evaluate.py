@@ -65,13 +65,15 @@ METRICS_SQL = """
         SELECT r.model, k.k, count(DISTINCT r.item_id) AS n_items
         FROM eval_recs r CROSS JOIN (SELECT unnest($ks::INTEGER[]) AS k) k
         WHERE r.rank <= k.k GROUP BY ALL)
+    -- rounded to 12 digits: parallel aggregation sums doubles in varying order, and a rerun must
+    -- reproduce the table exactly
     SELECT $ds::DATE AS ds, s.model, s.k,
-           avg(n_hits / s.k) FILTER (WHERE n_rel > 0) AS precision,
-           avg(n_hits / n_rel) FILTER (WHERE n_rel > 0) AS recall,
-           avg(dcg / idcg) FILTER (WHERE n_rel > 0) AS ndcg,
-           avg((n_hits > 0)::INTEGER) FILTER (WHERE n_rel > 0) AS hit_rate,
-           avg(coalesce(1.0 / first_hit, 0)) FILTER (WHERE n_rel > 0) AS mrr,
-           any_value(c.n_items) / $catalogue AS coverage,
+           round(avg(n_hits / s.k) FILTER (WHERE n_rel > 0), 12) AS precision,
+           round(avg(n_hits / n_rel) FILTER (WHERE n_rel > 0), 12) AS recall,
+           round(avg(dcg / idcg) FILTER (WHERE n_rel > 0), 12) AS ndcg,
+           round(avg((n_hits > 0)::INTEGER) FILTER (WHERE n_rel > 0), 12) AS hit_rate,
+           round(avg(coalesce(1.0 / first_hit, 0)) FILTER (WHERE n_rel > 0), 12) AS mrr,
+           round(any_value(c.n_items) / $catalogue, 12) AS coverage,
            count(*) FILTER (WHERE n_rel > 0) AS users_evaluated,
            count(*) FILTER (WHERE n_rel = 0) AS users_without_positives
     FROM scored s LEFT JOIN coverage c ON c.model = s.model AND c.k = s.k

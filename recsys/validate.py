@@ -47,20 +47,20 @@ class ValidationResult:
     data_docs: Path | None
 
 
-def _row_count_band(con: duckdb.DuckDBPyConnection, table: str, ds: str) -> tuple[int, int | None]:
-    """Allowed row counts for ds: at least one row, and within 0.2x..5x of the previous ds if any."""
+def _row_count_band(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, ds: str) -> tuple[int, int | None]:
+    """Allowed row counts for ds: at least one row, and within the configured multiples of the previous ds."""
     prev = (date.fromisoformat(ds) - timedelta(days=1)).isoformat()
     n_prev = con.execute(f"SELECT count(*) FROM {table} WHERE ds = ?", [prev]).fetchone()[0]
     if n_prev == 0:
         return 1, None
-    return max(1, int(n_prev * 0.2)), int(n_prev * 5) + 1
+    return max(1, int(n_prev * cfg.validate.min_row_ratio)), int(n_prev * cfg.validate.max_row_ratio) + 1
 
 
 def _suites(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> list[SuiteSpec]:
     import great_expectations as gx
 
     E = gx.expectations
-    lo, hi = _row_count_band(con, "raw.behaviors", ds)
+    lo, hi = _row_count_band(con, cfg, "raw.behaviors", ds)
     suites = [SuiteSpec(
         "raw_behaviors",
         "SELECT user_id, item_id, behavior, "

@@ -96,7 +96,7 @@ def replace_partition(con: duckdb.DuckDBPyConnection, table: str, ds: str, selec
     """
     con.execute(f"DELETE FROM {table} WHERE ds = ?", [ds])
     con.execute(f"INSERT INTO {table} {select_sql}", params or [])
-    return con.execute(f"SELECT count(*) FROM {table} WHERE ds = ?", [ds]).fetchone()[0]
+    return con.execute(f"SELECT count(*) FROM {table} WHERE ds = ?", [ds]).fetchall()[0][0]
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
@@ -104,5 +104,5 @@ def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
     row = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
         [schema, name],
-    ).fetchone()
-    return bool(row[0])
+    ).fetchall()
+    return bool(row[0][0])

@@ -25,14 +25,18 @@ WINDOW = 21  # days imported; the last 2 run through every stage
 @pytest.mark.skipif(not SHARED_ML100K.is_dir(), reason="../shared/data/ml-100k is not on this machine")
 def test_last_days_of_movielens(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
-    cfg = load_config(overrides={"train.epochs": 1, "features.negatives_per_positive": 1})
+    cfg = load_config(overrides={"train.epochs": 1, "features.negatives_per_positive": 1,
+                                 "validate.min_row_ratio": 0.02, "validate.max_row_ratio": 50.0})
     first = LAST - timedelta(days=WINDOW - 1)
     summary = import_movielens(SHARED_ML100K, cfg.paths.landing, first, LAST)
     assert summary.rows_written > 1000
     run_days = [d.isoformat() for d in (LAST - timedelta(days=1), LAST)]
-    for ds in dates(first.isoformat(), (LAST - timedelta(days=2)).isoformat()):
-        if (cfg.paths.landing / "behaviors" / f"ds={ds}").is_dir():  # MovieLens has days without ratings
-            run_stage("ingest", ds, cfg)
+    before = [ds for ds in dates(first.isoformat(), (LAST - timedelta(days=2)).isoformat())
+              if (cfg.paths.landing / "behaviors" / f"ds={ds}").is_dir()]  # MovieLens has days without ratings
+    for ds in before:
+        run_stage("ingest", ds, cfg)
+    for ds in before[-cfg.train.train_days:]:  # training examples for the training window
+        run_stage("transform", ds, cfg)
     run_range(cfg, *run_days)
     con = duckdb.connect(str(cfg.paths.warehouse), read_only=True)
     try:

@@ -1,0 +1,119 @@
+"""Stage 5: the promotion gate. The challenger takes the `champion` alias only if it is better on ds.
+
+Both models are scored on the SAME frame: the training examples of ds, encoded with today's
+vocabulary and fed to each model through its own feature map (indices a model's older vocabulary
+does not have become unknown, which is exact because vocabularies are append-only). The alias
+moves when challenger metric - champion metric > `promote.min_improvement` (metric
+`promote.metric`: gauc, impression-weighted, or auc). The first registered model becomes champion
+without a contest.
+
+Each decision is recorded twice: as tags on the challenger's model version (`promotion_ds`,
+`promotion_decision`, `promotion_metric`, `promotion_challenger_value`, `promotion_champion_version`,
+`promotion_champion_value`) and as a small run in the experiment `<prefix>/promotion` (params:
+ds, versions, decision; metrics: `challenger_<metric>`, `champion_<metric>`), which gives a timeline
+of all decisions in the MLflow UI.
+
+Caveat: a model trained on the first day of data (80/20 user split of ds) has seen 80 % of ds's
+users; promotion on that same ds favours it. It only matters when a champion already exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import mlflow
+
+from feature_store.retrieval import Frame, training_frame
+from feature_store.spec import load_spec
+from recsys import registry
+from recsys.config import Config
+from recsys.ingest import validate_ds
+from recsys.train import evaluate_frame, resolve_device
+from recsys.warehouse import connect
+
+log = logging.getLogger(__name__)
+
+METRICS = ("gauc", "auc")  # higher is better for both
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    decision: str  # first_champion | promoted | kept | already_champion
+    challenger_version: str
+    champion_version: str | None  # the champion before this decision
+    challenger_metric: float
+    champion_metric: float | None
+    metric_name: str
+
+
+def _evaluation_frame(cfg: Config, ds: str) -> Frame:
+    con = connect(cfg, read_only=True)
+    try:
+        frame = training_frame(con, ds, ds, load_spec(cfg.paths.feature_specs))
+    finally:
+        con.close()
+    if len(frame) == 0:
+        raise ValueError(f"no training examples for ds={ds}; promotion needs ds's labelled examples")
+    return frame
+
+
+def _metric_of(cfg: Config, version: str, frame: Frame, metric: str) -> float:
+    loaded = registry.load_version(cfg, version)
+    device = resolve_device(cfg)
+    scores = evaluate_frame(loaded.model.to(device), frame, loaded.feature_map.to_dict(), device)
+    log.info("promote: version %s (%s) on the eval frame: %s", version, loaded.model_name, scores)
+    return scores[metric]
+
+
+def _decide(cfg: Config, challenger: str, champion: str | None, frame: Frame,
+            metric: str) -> tuple[str, float, float | None]:
+    """(decision, challenger value, champion value)."""
+    challenger_value = _metric_of(cfg, challenger, frame, metric)
+    if champion is None:
+        return "first_champion", challenger_value, None
+    if champion == challenger:
+        return "already_champion", challenger_value, challenger_value
+    champion_value = _metric_of(cfg, champion, frame, metric)
+    # NaN (e.g. no user with both labels) never wins: the comparison is False
+    wins = challenger_value - champion_value > cfg.promote.min_improvement
+    return ("promoted" if wins else "kept"), challenger_value, champion_value
+
+
+def _record(cfg: Config, ds: str, result: PromotionResult) -> None:
+    """Version tags on the challenger plus one run in `<prefix>/promotion`."""
+    registry.set_version_tags(cfg, result.challenger_version, {
+        "promotion_ds": ds, "promotion_decision": result.decision, "promotion_metric": result.metric_name,
+        "promotion_challenger_value": result.challenger_metric,
+        "promotion_champion_version": result.champion_version or "none",
+        "promotion_champion_value": "none" if result.champion_metric is None else result.champion_metric})
+    experiment_id = registry.ensure_experiment(cfg, "promotion")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"promote-{ds}", tags={"ds": ds}):
+        mlflow.log_params({"ds": ds, "challenger_version": result.challenger_version,
+                           "champion_version": result.champion_version or "none", "decision": result.decision,
+                           "metric": result.metric_name, "min_improvement": cfg.promote.min_improvement})
+        values = {f"challenger_{result.metric_name}": result.challenger_metric}
+        if result.champion_metric is not None:
+            values[f"champion_{result.metric_name}"] = result.champion_metric
+        mlflow.log_metrics({k: v for k, v in values.items() if not math.isnan(v)})
+
+
+def promote(cfg: Config, ds: str, version: str | None = None) -> PromotionResult:
+    """Compare `version` (default: the latest registered) with @champion on ds and move the alias if it wins."""
+    ds = validate_ds(ds)
+    metric = cfg.promote.metric
+    if metric not in METRICS:
+        raise ValueError(f"promote.metric must be one of {METRICS}, got {metric!r}")
+    challenger = str(version) if version is not None else registry.latest_version(cfg)
+    if challenger is None:
+        raise RuntimeError(f"no version of {cfg.mlflow.registered_model!r} is registered; run `recsys train` first")
+    champion = registry.champion_version(cfg)
+    frame = _evaluation_frame(cfg, ds)
+    decision, challenger_value, champion_value = _decide(cfg, challenger, champion, frame, metric)
+    if decision in ("first_champion", "promoted"):
+        registry.set_champion(cfg, challenger)
+    result = PromotionResult(decision, challenger, champion, challenger_value, champion_value, metric)
+    _record(cfg, ds, result)
+    log.info("promote ds=%s: %s", ds, result)
+    return result

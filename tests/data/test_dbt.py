@@ -1,0 +1,284 @@
+"""The dbt project on hand-made raw rows: sessions, histories, training examples, candidates, reruns, failures.
+
+One module-scoped warehouse is built for three consecutive days (three `dbt build` invocations); the
+tests read it. Sessions use the default 30-minute gap; histories are capped at 3 so capping shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from recsys.config import Config, load_config
+from recsys.transform import TransformError, TransformResult, build, dbt_args, project_fingerprint
+from recsys.warehouse import connect
+
+D1, D2, D3 = "2024-01-01", "2024-01-02", "2024-01-03"
+MAX_LEN, NEGATIVES, PER_USER = 3, 2, 4
+MARTS = ["marts.user_histories", "marts.user_features", "marts.item_features", "marts.training_examples",
+         "marts.scoring_candidates"]
+
+# (ds, user, item, behavior, time of day): user 1 shows the gap edges and a tie at one instant, user 2 a
+# session that runs over midnight into the next ds, user 3 a single event, user 4 only a profile, user 5
+# makes items 105/106 popular in category 'a' on D1
+BEHAVIORS = [
+    (D1, 1, 100, "view", "10:00:00"),
+    (D1, 1, 100, "view", "10:00:00"),  # the same line landed twice: one event
+    (D1, 1, 101, "view", "10:30:00"),  # exactly 30 minutes later: same session
+    (D1, 1, 101, "cart", "11:01:00"),  # 31 minutes later: new session
+    (D1, 1, 102, "view", "11:01:00"),  # same instant as the cart: ordered after it by item_id
+    (D1, 2, 107, "view", "23:50:00"),
+    (D1, 5, 105, "view", "08:00:00"),
+    (D1, 5, 106, "view", "08:05:00"),
+    (D1, 5, 105, "buy", "08:10:00"),
+    (D2, 2, 108, "view", "00:10:00"),  # 20 minutes after yesterday's last event: same session
+    (D2, 2, 100, "view", "00:40:00"),
+    (D2, 2, 110, "view", "01:11:00"),
+    (D2, 1, 101, "buy", "09:00:00"),
+    (D2, 1, 103, "view", "09:10:00"),
+    (D2, 3, 114, "view", "12:00:00"),
+    (D3, 1, 104, "view", "20:00:00"),
+]
+# (user_id, item_id, behavior) -> (session_number, event_number)
+EXPECTED_SESSIONS = {
+    (1, 100, "view"): (1, 1), (1, 101, "view"): (1, 2), (1, 101, "cart"): (2, 3), (1, 102, "view"): (2, 4),
+    (1, 101, "buy"): (3, 5), (1, 103, "view"): (3, 6), (1, 104, "view"): (4, 7),
+    (2, 107, "view"): (1, 1), (2, 108, "view"): (1, 2), (2, 100, "view"): (1, 3), (2, 110, "view"): (2, 4),
+    (3, 114, "view"): (1, 1),
+    (5, 105, "view"): (1, 1), (5, 106, "view"): (1, 2), (5, 105, "buy"): (1, 3),
+}
+
+
+def category_of(item: int) -> str:
+    return "a" if item < 107 else "b" if item < 114 else "c"
+
+
+def seed_raw(cfg: Config) -> None:
+    """Raw rows as ingest would write them: behaviours, a catalogue (item 100 recategorised on D2), profiles."""
+    con = connect(cfg, read_only=False)
+    try:
+        con.executemany("INSERT INTO raw.behaviors VALUES (?, ?, ?, ?, ?, NULL, 'web', 'behaviors.csv', ?)",
+                        [[ds, u, i, b, f"{ds} {t}", n] for n, (ds, u, i, b, t) in enumerate(BEHAVIORS)])
+        con.executemany("INSERT INTO raw.items VALUES (?, ?, ?, 'brand', 9.5, 'title', 'items.csv', ?)",
+                        [[D1, i, category_of(i), i] for i in range(100, 120)] + [[D2, 100, "z", 1]])
+        con.executemany("INSERT INTO raw.users VALUES (?, ?, ?, 'F', 'city', 'writer', 'users.csv', ?)",
+                        [[D1, 1, 30, 1], [D1, 2, 40, 2], [D1, 4, 50, 4], [D3, 1, 31, 5]])
+    finally:
+        con.close()
+
+
+def query(cfg: Config, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows of a read-only query; the connection is closed again before the next dbt run."""
+    con = connect(cfg)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def digest(cfg: Config, tables: list[str]) -> dict[str, tuple[int, str]]:
+    """Row count and order-independent content hash per table."""
+    out = {}
+    for table in tables:
+        rows = query(cfg, f"SELECT * FROM {table} ORDER BY ALL")
+        out[table] = (len(rows), hashlib.sha256(repr(rows).encode()).hexdigest())
+    return out
+
+
+@dataclass
+class Built:
+    cfg: Config
+    results: dict[str, TransformResult]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    home = tmp_path_factory.mktemp("dbt_home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RECSYS_HOME", str(home))
+    cfg = load_config(overrides={"features.history_max_len": MAX_LEN, "features.negatives_per_positive": NEGATIVES,
+                                 "features.candidates_per_user": PER_USER, "features.candidate_window_days": 2})
+    seed_raw(cfg)
+    results = {ds: build(cfg, ds) for ds in (D1, D2, D3)}
+    yield Built(cfg, results)
+    mp.undo()
+
+
+def events(cfg: Config) -> list[tuple]:
+    return query(cfg, "SELECT user_id, item_id, behavior, event_at, event_number, session_number, category, ds "
+                      "FROM intermediate.int_events_sessionized ORDER BY user_id, event_number")
+
+
+def test_sessions_split_exactly_at_the_gap(built: Built) -> None:
+    rows = events(built.cfg)
+    assert {(u, i, b): (s, n) for u, i, b, _, n, s, _, _ in rows} == EXPECTED_SESSIONS
+    assert len(rows) == len(EXPECTED_SESSIONS)  # the duplicated line counts once
+    ids = query(built.cfg, "SELECT user_id, session_number, count(DISTINCT session_id) FROM "
+                           "intermediate.int_events_sessionized GROUP BY ALL")
+    assert all(n == 1 for _, _, n in ids)  # one id per session, also across the D1 -> D2 boundary
+    n_ids = query(built.cfg, "SELECT count(DISTINCT session_id) FROM intermediate.int_events_sessionized")[0][0]
+    assert n_ids == len(ids)  # and no two sessions share an id
+
+
+def test_event_category_is_as_of_the_events_day(built: Built) -> None:
+    categories = {(u, i, str(ds)): c for u, i, _, _, _, _, c, ds in events(built.cfg)}
+    assert categories[(1, 100, D1)] == "a"  # item 100 was recategorised on D2
+    assert categories[(2, 100, D2)] == "z"
+    assert categories[(3, 114, D2)] == "c"
+
+
+def test_user_histories_oldest_first_and_capped(built: Built) -> None:
+    rows = query(built.cfg, "SELECT ds, user_id, item_id_history, behavior_history, session_number_history, "
+                            "event_at_history, history_length FROM marts.user_histories ORDER BY ds, user_id")
+    hist = {(str(ds), u): (items, behaviors, sessions, times, n)
+            for ds, u, items, behaviors, sessions, times, n in rows}
+    assert hist[(D1, 1)][:3] == ([101, 101, 102], ["view", "cart", "view"], [1, 2, 2])
+    assert hist[(D3, 1)][:3] == ([101, 103, 104], ["buy", "view", "view"], [3, 3, 4])
+    assert hist[(D2, 3)][0] == [114] and hist[(D2, 3)][4] == 1
+    assert (D1, 3) not in hist and (D1, 4) not in hist  # no behaviour yet, no history
+    for items, _, _, times, n in hist.values():
+        assert n == len(items) <= MAX_LEN and times == sorted(times)
+
+
+def test_training_histories_strictly_before_the_event(built: Built) -> None:
+    by_user = defaultdict(list)
+    for u, i, b, at, _, s, c, _ in events(built.cfg):
+        by_user[u].append((at, i, b, s, c))
+    examples = query(built.cfg, "SELECT ds, user_id, item_id, label, event_at, item_id_history, behavior_history, "
+                                "session_number_history, category_history, history_length, age "
+                                "FROM marts.training_examples ORDER BY ds, event_at, example_id")
+    positives = [e for e in examples if e[3] == 1]
+    assert len(positives) == len(EXPECTED_SESSIONS)  # every event of every ds, once
+    for ds, user, _, _, at, items, behaviors, sessions, categories, length, _ in examples:
+        before = [e for e in by_user[user] if e[0] < at][-MAX_LEN:]  # recomputed: strictly earlier, last N
+        assert items == [e[1] for e in before] and behaviors == [e[2] for e in before], (ds, user, at)
+        assert sessions == [e[3] for e in before] and categories == [e[4] for e in before]
+        assert length == len(before)
+    history = {(u, i, str(at.time())): (items, behaviors) for _, u, i, _, at, items, behaviors, *_ in positives}
+    assert history[(1, 102, "11:01:00")] == ([100, 101], ["view", "view"])  # the cart at 11:01 is not history
+    assert history[(1, 101, "09:00:00")] == ([101, 101, 102], ["view", "cart", "view"])  # capped at 3
+    ages = {(str(ds), u): age for ds, u, _, label, *_, age in examples if label == 1}
+    assert ages[(D2, 1)] == 30 and ages[(D3, 1)] == 31  # profile as of each ds
+
+
+def test_negatives_untouched_shared_context_and_counted(built: Built) -> None:
+    rows = query(built.cfg, """
+        SELECT t.ds, t.user_id, t.item_id, t.label, t.event_at, t.item_id_history, t.category,
+               (SELECT count(*) FROM intermediate.int_events_sessionized e
+                WHERE e.user_id = t.user_id AND e.item_id = t.item_id AND e.ds <= t.ds) AS touched
+        FROM marts.training_examples t""")
+    negatives = [r for r in rows if r[3] == 0]
+    assert negatives and all(r[7] == 0 for r in negatives)  # never an item the user touched up to ds
+    assert len(negatives) == NEGATIVES * (len(rows) - len(negatives))  # 20 items: no shortfall here
+    positives = {(r[0], r[1], r[4]): r[5] for r in rows if r[3] == 1}
+    for ds, user, item, _, at, items, category, _ in negatives:
+        assert positives[(ds, user, at)] == items  # the positive's history and time
+        assert category == ("z" if item == 100 and str(ds) >= D2 else category_of(item))  # as of ds
+
+
+def test_scoring_candidates_exclude_touched_items(built: Built) -> None:
+    rows = query(built.cfg, "SELECT ds, user_id, item_id, candidate_source FROM marts.scoring_candidates")
+    touched = {(str(ds), u, i) for u, i, *_, ds in events(built.cfg)}
+    assert rows
+    per_user = defaultdict(list)
+    for ds, user, item, _ in rows:
+        assert not any((d, user, item) in touched for d in (D1, D2, D3) if d <= str(ds)), (ds, user, item)
+        per_user[(str(ds), user)].append(item)
+    assert all(len(items) == len(set(items)) <= PER_USER for items in per_user.values())
+    assert {u for _, u in per_user} == {1, 2, 3, 5}  # user 4 has a profile but no behaviour
+    # D1 popularity: 101 and 105 (2 events), then 100, 102, 106, 107; every top category here is 'a' or 'b'
+    day1 = {(u, i, c, s) for u, i, c, s in query(
+        built.cfg, "SELECT user_id, item_id, category, candidate_source FROM marts.scoring_candidates WHERE ds = ?",
+        [D1])}
+    assert day1 == {
+        (1, 105, "a", "category_popular"), (1, 106, "a", "category_popular"), (1, 107, "b", "global_popular"),
+        (2, 101, "a", "global_popular"), (2, 105, "a", "global_popular"), (2, 100, "a", "global_popular"),
+        (2, 102, "a", "global_popular"),  # capped at 4; 107, the only 'b' item, is user 2's own
+        (5, 101, "a", "category_popular"), (5, 100, "a", "category_popular"), (5, 102, "a", "category_popular"),
+        (5, 107, "b", "global_popular"),
+    }
+
+
+def test_user_features_include_profile_only_users(built: Built) -> None:
+    rows = query(built.cfg, "SELECT user_id, age, events_1d, events_7d, days_since_last_event "
+                            "FROM marts.user_features WHERE ds = ? ORDER BY user_id", [D3])
+    assert rows == [(1, 31, 1, 7, 0), (2, 40, 0, 4, 1), (3, None, 0, 1, 1), (4, 50, 0, 0, None), (5, None, 0, 3, 2)]
+
+
+def test_rerunning_a_ds_changes_no_table(built: Built) -> None:
+    tables = [*MARTS, "intermediate.int_events_sessionized"]
+    before = digest(built.cfg, tables)
+    again = build(built.cfg, D2)  # after D3 was built: replaces D2 only, reproducibly
+    assert digest(built.cfg, tables) == before
+    assert again.project_sha256 == built.results[D2].project_sha256
+
+
+def test_full_refresh_rebuilds_events_and_keeps_past_mart_partitions(built: Built) -> None:
+    tables = [*MARTS, "intermediate.int_events_sessionized"]
+    before = digest(built.cfg, tables)
+    build(built.cfg, D3, full_refresh=True)  # intermediate from scratch; marts refuse a full refresh
+    assert digest(built.cfg, tables) == before
+    days = query(built.cfg, "SELECT DISTINCT ds FROM marts.training_examples ORDER BY ds")
+    assert [str(d) for (d,) in days] == [D1, D2, D3]
+
+
+def test_result_names_nodes_and_hashes_the_manifest(built: Built) -> None:
+    result = built.results[D3]
+    manifest = Path(built.cfg.paths.dbt_target) / "manifest.json"
+    assert set(result.models) >= {"int_events_sessionized", "training_examples", "scoring_candidates"}
+    assert "test.recsys.assert_no_history_leakage" in result.nodes and result.tests_passed > 20
+    assert any(n.startswith("unit_test.recsys.int_events_sessionized.") for n in result.nodes)
+    assert result.project_sha256 == project_fingerprint(manifest)
+    assert len(result.manifest_sha256) == 64 and result.project_sha256 == built.results[D1].project_sha256
+
+
+def relocated(cfg: Config, home: Path) -> Config:
+    """The same config with its own warehouse and dbt target under home."""
+    return dataclasses.replace(cfg, paths=dataclasses.replace(
+        cfg.paths, home=home, warehouse=home / "recsys.duckdb", dbt_target=home / "target"))
+
+
+@pytest.mark.parametrize("days", [[D3], [D1, D3]], ids=["one-full-build", "catch-up-after-a-skipped-day"])
+def test_incremental_runs_equal_a_full_build(built: Built, tmp_path: Path, days: list[str]) -> None:
+    cfg = relocated(built.cfg, tmp_path)
+    seed_raw(cfg)
+    for ds in days:
+        build(cfg, ds)
+    events_table = ["intermediate.int_events_sessionized"]
+    assert digest(cfg, events_table) == digest(built.cfg, events_table)
+    for table in MARTS:
+        d3 = f"(SELECT * FROM {table} WHERE ds = '{D3}')"
+        assert digest(cfg, [d3]) == digest(built.cfg, [d3]), table
+
+
+def test_failing_dbt_test_raises_naming_it(built: Built, tmp_path: Path) -> None:
+    # a copy of the built warehouse with a behaviour outside ingest.behaviors, so the module's stays clean
+    cfg = relocated(built.cfg, tmp_path)
+    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
+    con = connect(cfg, read_only=False)
+    con.execute("INSERT INTO raw.behaviors VALUES (?, 1, 100, 'teleport', ?, NULL, NULL, 'x.csv', 1)",
+                [D3, f"{D3} 21:00:00"])
+    con.close()
+    with pytest.raises(TransformError, match="accepted_values_raw_behaviors_behavior") as err:
+        build(cfg, D3, select="source:raw")
+    assert err.value.failed and all(n.startswith("test.recsys.") for n in err.value.failed)
+    assert "1 failing row" in str(err.value)
+
+
+def test_ds_and_vars_are_validated_before_sql_runs(built: Built) -> None:
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        build(built.cfg, "2024-1-3")
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        build(built.cfg, "2024-01-03'; DROP TABLE raw.behaviors; --")
+    with pytest.raises(TransformError, match="history_max_len must be a non-negative integer"):
+        build(built.cfg.with_overrides({"features.history_max_len": -1}), D3)  # refused before any SQL runs
+    args = dbt_args(built.cfg, D3, select="marts")
+    assert args[0] == "build" and args[-2:] == ["--select", "marts"]
+    assert '"ds": "2024-01-03"' in args[args.index("--vars") + 1]
