@@ -42,7 +42,7 @@ airflow-init: install
 	$(BIN)/airflow pools set recsys_duckdb 1 "one DuckDB writer at a time" > /dev/null
 
 demo: airflow-init
-	$(BIN)/recsys data synth --days $$(( $(DEMO_DAYS) + 1 )) --users $(DEMO_USERS) --items $(DEMO_ITEMS) --seed 7 --start $(DEMO_START)
+	$(BIN)/recsys data synth --days $(DEMO_DAYS) --users $(DEMO_USERS) --items $(DEMO_ITEMS) --seed 7 --start $(DEMO_START)
 	@set -e; for i in $$(seq 0 $$(( $(DEMO_DAYS) - 1 ))); do \
 	  ds=$$(date -u -d "$(DEMO_START) + $$i day" +%F); \
 	  echo "=== airflow dags test recsys_daily $$ds"; \

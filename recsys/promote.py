@@ -31,7 +31,7 @@ from recsys import registry
 from recsys.config import Config
 from recsys.ingest import validate_ds
 from recsys.train import evaluate_frame, resolve_device
-from recsys.warehouse import connect
+from recsys.warehouse import connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +99,84 @@ def _record(cfg: Config, ds: str, result: PromotionResult) -> None:
         mlflow.log_metrics({k: v for k, v in values.items() if not math.isnan(v)})
 
 
+def _challenger(cfg: Config, ds: str, version: str | None) -> str:
+    """The given version, else the newest version trained for ds."""
+    if version is not None:
+        return str(version)
+    trained = registry.find_versions(cfg, ds=ds)
+    if not trained:
+        raise RuntimeError(f"no version of {cfg.mlflow.registered_model!r} was trained for ds={ds}; "
+                           f"run `recsys train --ds {ds}` first")
+    return str(trained[-1].version)
+
+
+def _champion_before(cfg: Config, ds: str, challenger: str) -> str | None:
+    """The champion the challenger must beat, read from the promotion log rather than the live alias.
+
+    - a rerun of ds with the same challenger faces the same champion as the first run did, even after
+      later days have moved the alias on (idempotent by ds);
+    - a new challenger for an already decided ds faces the model that won ds;
+    - otherwise the champion that served the latest earlier day; the alias only for a registry that
+      predates the log.
+    """
+    con = connect(cfg, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT ds = ?::DATE, challenger_version, champion_before, champion_after FROM marts.model_promotions "
+            "WHERE registered_model = ? AND ds <= ? ORDER BY ds DESC", [ds, cfg.mlflow.registered_model, ds]
+        ).fetchall()
+        any_rows = con.execute("SELECT count(*) FROM marts.model_promotions WHERE registered_model = ?",
+                               [cfg.mlflow.registered_model]).fetchall()[0][0]
+    finally:
+        con.close()
+    if rows and rows[0][0]:  # ds was decided before
+        same_challenger = rows[0][1] == challenger
+        return rows[0][2] if same_challenger else rows[0][3]
+    if rows:
+        return rows[0][3]
+    return registry.champion_version(cfg) if not any_rows else None
+
+
+def _log_decision(cfg: Config, ds: str, result: PromotionResult, champion_after: str) -> bool:
+    """Write the decision row for ds; returns True when ds is the newest decision (the alias follows it)."""
+    con = connect(cfg, read_only=False)
+    try:
+        with transaction(con):
+            con.execute("DELETE FROM marts.model_promotions WHERE ds = ? AND registered_model = ?",
+                        [ds, cfg.mlflow.registered_model])
+            con.execute("INSERT INTO marts.model_promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [ds, cfg.mlflow.registered_model, result.challenger_version, result.champion_version,
+                         champion_after, result.decision, result.metric_name,
+                         _finite(result.challenger_metric), _finite(result.champion_metric)])
+        newest = con.execute("SELECT max(ds) = ?::DATE FROM marts.model_promotions WHERE registered_model = ?",
+                             [ds, cfg.mlflow.registered_model]).fetchall()[0][0]
+    finally:
+        con.close()
+    return bool(newest)
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
 def promote(cfg: Config, ds: str, version: str | None = None) -> PromotionResult:
-    """Compare `version` (default: the latest registered) with @champion on ds and move the alias if it wins."""
+    """Compare ds's challenger with the champion that served ds-1, on ds's examples.
+
+    The decision goes to `marts.model_promotions` (scoring of ds uses its `champion_after`); the
+    `champion` alias moves to the winner when ds is the newest decided day.
+    """
     ds = validate_ds(ds)
     metric = cfg.promote.metric
     if metric not in METRICS:
         raise ValueError(f"promote.metric must be one of {METRICS}, got {metric!r}")
-    challenger = str(version) if version is not None else registry.latest_version(cfg)
-    if challenger is None:
-        raise RuntimeError(f"no version of {cfg.mlflow.registered_model!r} is registered; run `recsys train` first")
-    champion = registry.champion_version(cfg)
+    challenger = _challenger(cfg, ds, version)
+    champion = _champion_before(cfg, ds, challenger)
     frame = _evaluation_frame(cfg, ds)
     decision, challenger_value, champion_value = _decide(cfg, challenger, champion, frame, metric)
-    if decision in ("first_champion", "promoted"):
-        registry.set_champion(cfg, challenger)
+    after = challenger if decision in ("first_champion", "promoted") else str(champion)
     result = PromotionResult(decision, challenger, champion, challenger_value, champion_value, metric)
+    if _log_decision(cfg, ds, result, after) and registry.champion_version(cfg) != after:
+        registry.set_champion(cfg, after)
     _record(cfg, ds, result)
     log.info("promote ds=%s: %s", ds, result)
     return result

@@ -16,7 +16,6 @@ the version with alias `champion` (aliases, not the deprecated stages).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import tempfile
@@ -99,11 +98,15 @@ def git_sha() -> str:
 
 
 def dbt_manifest_sha(cfg: Config) -> str:
-    """sha256 of the dbt manifest of the last `dbt build` (which marts code made the data), or "unknown"."""
+    """Fingerprint of the dbt code of the last `dbt build` (which marts code made the data), or "unknown".
+
+    The checksums of the manifest's nodes and macros, not the file's bytes: the file also holds a
+    timestamp and an invocation id, so its raw hash would change on every run.
+    """
+    from recsys.transform import project_fingerprint
+
     manifest = Path(cfg.paths.dbt_target) / "manifest.json"
-    if not manifest.is_file():
-        return "unknown"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return project_fingerprint(manifest) if manifest.is_file() else "unknown"
 
 
 # --------------------------------------------------------------------------- pyfunc wrapper
@@ -200,6 +203,13 @@ def champion_version(cfg: Config) -> str | None:
         return str(configure(cfg).get_model_version_by_alias(cfg.mlflow.registered_model, CHAMPION).version)
     except MlflowException:
         return None
+
+
+def find_versions(cfg: Config, **tags: str) -> list[Any]:
+    """Registered versions carrying all of `tags`, oldest first (a registry holds few versions)."""
+    versions = configure(cfg).search_model_versions(f"name = '{_quoted(cfg.mlflow.registered_model)}'")
+    matching = [v for v in versions if all(v.tags.get(k) == str(val) for k, val in tags.items())]
+    return sorted(matching, key=lambda v: int(v.version))
 
 
 def latest_version(cfg: Config) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,9 +26,9 @@ from feature_store.retrieval import Frame, scoring_frame
 from feature_store.spec import load_spec
 from recsys.config import Config
 from recsys.ingest import validate_ds
-from recsys.registry import LoadedModel, NoChampionError, load_champion
+from recsys.registry import LoadedModel, NoChampionError, load_champion, load_version
 from recsys.train import predict_batches, resolve_device
-from recsys.warehouse import connect, replace_partition, transaction
+from recsys.warehouse import connect, replace_partition, table_exists, transaction
 
 __all__ = ["NoChampionError", "ScoreResult", "score"]
 
@@ -142,10 +143,30 @@ def _top_table(frame: Frame, scores: np.ndarray, positions: np.ndarray, top_k: i
                      "e1": e1, "e2": e2, "e3": e3})
 
 
+def model_for(cfg: Config, ds: str) -> LoadedModel:
+    """The model that serves ds: the promotion gate's choice for ds, else the live @champion.
+
+    Using ds's own decision keeps a rerun of an old ds on the model that served it then, even after
+    later days have moved the alias.
+    """
+    row = []
+    if Path(cfg.paths.warehouse).exists():
+        con = connect(cfg, read_only=True)
+        try:
+            if table_exists(con, "marts.model_promotions"):
+                row = con.execute("SELECT champion_after FROM marts.model_promotions "
+                                  "WHERE ds = ? AND registered_model = ?", [ds, cfg.mlflow.registered_model]).fetchall()
+        finally:
+            con.close()
+    if row:
+        return load_version(cfg, row[0][0])
+    return load_champion(cfg)  # NoChampionError says to train and promote first
+
+
 def score(cfg: Config, ds: str) -> ScoreResult:
-    """Write ds's top-K recommendations per user with the champion model (replacing ds's rows)."""
+    """Write ds's top-K recommendations per user with the model serving ds (replacing ds's rows)."""
     ds = validate_ds(ds)
-    loaded = load_champion(cfg)  # NoChampionError says to train and promote first
+    loaded = model_for(cfg, ds)
     torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg)
     loaded.model.to(device)

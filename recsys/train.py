@@ -15,10 +15,13 @@ DataLoader, nothing per sample in Python). On CPU the run is seeded and determin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -52,6 +55,7 @@ class TrainResult:
     model_version: str
     model_name: str
     metrics: dict[str, float]
+    reused: bool = False  # True when the same inputs had already produced this version
 
 
 @dataclass(frozen=True)
@@ -241,21 +245,62 @@ def _fit(cfg: Config, model: torch.nn.Module, split: Split, fmap: dict[str, Any]
     return metrics
 
 
+def training_fingerprint(cfg: Config, name: str, ds: str) -> str:
+    """What determines the trained weights: model, configs, feature contract, dbt code and the window's data.
+
+    The data part is an order-independent hash of the window's examples computed in SQL, so a rerun of
+    ds over unchanged data finds the version it registered before instead of registering a copy.
+    """
+    con = connect(cfg, read_only=True)
+    try:
+        n, digest = con.execute(
+            "SELECT count(*), coalesce(sum(hash(ds, example_id, label, item_id)), 0)::VARCHAR "
+            "FROM marts.training_examples WHERE ds BETWEEN ? AND ?",
+            [previous_ds(ds, cfg.train.train_days - 1), ds]).fetchall()[0]
+    finally:
+        con.close()
+    payload = {"model": name, "ds": ds, "train": asdict(cfg.train), "features": asdict(cfg.features),
+               "specs": hashlib.sha256(Path(cfg.paths.feature_specs).read_bytes()).hexdigest(),
+               "dbt": registry.dbt_manifest_sha(cfg), "data": [n, digest]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _reuse(cfg: Config, name: str, fingerprint: str) -> TrainResult | None:
+    """The version already trained from exactly these inputs, if any (a rerun of ds is then a no-op)."""
+    found = registry.find_versions(cfg, train_fingerprint=fingerprint)
+    if not found:
+        return None
+    version = found[-1]
+    metrics = registry.configure(cfg).get_run(version.run_id).data.metrics
+    log.info("train: version %s was already trained from the same inputs (fingerprint %s); reusing it",
+             version.version, fingerprint)
+    return TrainResult(run_id=version.run_id, model_version=str(version.version), model_name=name,
+                       metrics=dict(metrics), reused=True)
+
+
 def train(cfg: Config, ds: str, model_name: str | None = None) -> TrainResult:
-    """Train `model_name` (default cfg.train.model) for ds, log the run and register a new version."""
+    """Train `model_name` (default cfg.train.model) for ds, log the run and register a new version.
+
+    Idempotent: when a version was already trained from the same inputs (see `training_fingerprint`),
+    it is returned instead of training again.
+    """
     ds = validate_ds(ds)
     name = model_name or cfg.train.model
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     torch.set_num_threads(cfg.train.num_threads)
-    split, fmap = _prepare(cfg, ds)
+    fingerprint = training_fingerprint(cfg, name, ds)
+    split, fmap = _prepare(cfg, ds)  # the vocabulary update runs either way (idempotent)
+    reused = _reuse(cfg, name, fingerprint)
+    if reused is not None:
+        return reused
     device = resolve_device(cfg)
     torch.manual_seed(cfg.train.seed)  # same initial weights for the same config
     model = build_model(name, FeatureMap.from_dict(fmap), embed_dim=cfg.train.embed_dim,
                         attention_hidden=cfg.train.attention_hidden, mlp_hidden=cfg.train.mlp_hidden).to(device)
     model.embedding.set_frequencies(group_counts(split.train, fmap))
     tags = {"ds": ds, "model_name": name, "git_sha": registry.git_sha(),
-            "dbt_manifest_sha": registry.dbt_manifest_sha(cfg)}
+            "dbt_manifest_sha": registry.dbt_manifest_sha(cfg), "train_fingerprint": fingerprint}
     experiment_id = registry.ensure_experiment(cfg, name)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-{ds}", tags=tags) as run:
         mlflow.log_params(_params(cfg, name, split, device))

@@ -40,6 +40,11 @@ RAW_DDL = {
 }
 
 PUBLISHED_DDL = {
+    # one row per (ds, registered model): which version served ds, and why (the promotion gate)
+    "marts.model_promotions": """
+        ds DATE NOT NULL, registered_model VARCHAR NOT NULL, challenger_version VARCHAR NOT NULL,
+        champion_before VARCHAR, champion_after VARCHAR NOT NULL, decision VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL, challenger_value DOUBLE, champion_value DOUBLE""",
     "marts.recommendations": """
         ds DATE NOT NULL, user_id BIGINT NOT NULL, rank INTEGER NOT NULL, item_id BIGINT NOT NULL,
         score DOUBLE NOT NULL, model_name VARCHAR NOT NULL, model_version VARCHAR NOT NULL,
