@@ -56,12 +56,12 @@ def _row_count_band(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, ds:
     return max(1, int(n_prev * cfg.validate.min_row_ratio)), int(n_prev * cfg.validate.max_row_ratio) + 1
 
 
-def _suites(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> list[SuiteSpec]:
+def _raw_suite(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> SuiteSpec:
     import great_expectations as gx
 
     E = gx.expectations
     lo, hi = _row_count_band(con, cfg, "raw.behaviors", ds)
-    suites = [SuiteSpec(
+    return SuiteSpec(
         "raw_behaviors",
         "SELECT user_id, item_id, behavior, "
         "timezone(?, ts::TIMESTAMPTZ)::DATE = ds AS ts_in_ds FROM raw.behaviors WHERE ds = ?",
@@ -76,7 +76,15 @@ def _suites(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> list[SuiteS
             # every ts is inside ds (the local day in ingest.day_timezone)
             E.ExpectColumnValuesToBeInSet(column="ts_in_ds", value_set=[True]),
         ],
-    )]
+    )
+
+
+def _mart_suites(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str) -> list[SuiteSpec]:
+    """Suites on the dbt marts that exist (validate can also run right after ingest)."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    suites = []
     if table_exists(con, "marts.training_examples"):
         neg = cfg.features.negatives_per_positive
         suites.append(SuiteSpec(
@@ -164,7 +172,7 @@ def validate(cfg: Config, ds: str, raise_on_failure: bool = True) -> ValidationR
     ds = validate_ds(ds)
     con = connect(cfg, read_only=True)
     try:
-        specs = _suites(con, cfg, ds)
+        specs = [_raw_suite(con, cfg, ds), *_mart_suites(con, cfg, ds)]
         con.execute("SET TimeZone = 'UTC'")  # raw ts are naive UTC
         frames = {s.name: con.execute(s.sql, s.params).df() for s in specs}
     finally:

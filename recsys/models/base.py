@@ -6,6 +6,7 @@ embeddings over the valid positions; concatenate -> MLP -> logit. No attention.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -24,7 +25,7 @@ class ModelOutput(NamedTuple):
     aux_loss: Tensor | None = None  # scalar, added to the CTR loss by the trainer (DIEN)
 
 
-class RankingModel(nn.Module):
+class RankingModel(nn.Module, ABC):
     """A CTR model over a feature map: `forward(batch) -> ModelOutput`.
 
     A batch is a dict of tensors keyed by feature name: categorical LongTensor [B], numeric
@@ -38,8 +39,9 @@ class RankingModel(nn.Module):
         self.feature_map = feature_map
         self.embedding = FeatureEmbedding(feature_map, embed_dim)
 
+    @abstractmethod
     def forward(self, batch: Mapping[str, Tensor]) -> ModelOutput:
-        raise NotImplementedError
+        """Logits [B] (plus attention [B, T] and an auxiliary loss where the model has them)."""
 
     def regularization(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Mini-batch aware L2 on the embedding rows the batch touches (see FeatureEmbedding); a scalar.

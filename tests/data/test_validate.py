@@ -59,3 +59,19 @@ def test_row_count_drop_against_previous_day_fails(cfg: Config) -> None:
     result = validate(cfg, DS, raise_on_failure=False)
     assert not result.success
     assert any("expect_table_row_count_to_be_between" in f and "observed 5" in f for f in result.failures)
+
+
+def test_mart_label_rate_and_history_length_are_gated(cfg: Config) -> None:
+    con = connect(cfg, read_only=False)
+    # every example a positive and one history longer than the configured maximum
+    con.execute("""
+        CREATE TABLE marts.training_examples AS
+        SELECT ?::DATE AS ds, 'e' || u AS example_id, u AS user_id, u AS item_id, 1 AS label,
+               CASE WHEN u = 1 THEN 999 ELSE 3 END AS history_length
+        FROM range(1, 21) t(u)""", [DS])
+    con.close()
+    result = validate(cfg, DS, raise_on_failure=False)
+    assert result.suites == {"raw_behaviors": True, "training_examples": False}
+    failed = "\n".join(result.failures)
+    assert "expect_column_mean_to_be_between" in failed and "observed 1.0" in failed
+    assert "history_length" in failed and "e.g. [999]" in failed
