@@ -3,7 +3,10 @@
 - MovieLens, four layouts detected from the folder: ML-100K (`u.data`, `u.user`, `u.item`), ML-1M
   (`ratings.dat`, `users.dat`, `movies.dat`, `::`-separated), the CSV releases (`ratings.csv`,
   `movies.csv`) and the atomic files (`<name>.inter`, `<name>.user`, `<name>.item`, typed headers).
-  Every rating becomes a `rating` behaviour with the rating as `value`, in the partition of its UTC day.
+  The path may be the release folder, a file in it, or the folder the zip was unpacked into (holding one
+  release folder such as `ml-100k/`). Every rating becomes a `rating` behaviour with the rating as `value`,
+  in the partition of its UTC day. Ratings are read typed and written day by day from numpy arrays
+  (about 40 bytes a rating: ML-25M's 25M ratings fit in about 1.5 GB).
 - Taobao UserBehavior.csv (Tianchi): 100M rows, streamed in blocks; its days are Beijing days, so the
   ds of an event is its date in UTC+8 while `ts` stays UTC. Rows that cannot be imported go, with file,
   line and reason, to `<landing>/_rejected/taobao/rejected.csv`: rows in = rows written + rows rejected.
@@ -14,7 +17,9 @@ the first day's behaviours are ingested.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -68,6 +73,13 @@ class ImportSummary:
     items: int = 0
     rejected_path: Path | None = None
 
+    def __rich_repr__(self) -> Iterator[tuple[str, object]]:
+        """The CLI prints the summary with rich: the days as a range (ML-25M has 9,000 of them)."""
+        for f in dataclasses.fields(self):
+            yield f.name, getattr(self, f.name)
+        if self.days:   # replaces the list printed above: rich keeps the last value of a repeated key
+            yield "days", f"{self.days[0]} .. {self.days[-1]} ({len(self.days)} days)"
+
 
 # ------------------------------------------------------------------------------------------------
 # Shared helpers
@@ -82,23 +94,63 @@ def _day_number(d: date) -> int:
     return (d - EPOCH).days
 
 
+def _text_encoding(path: Path) -> str:
+    """'utf8' when the file decodes as UTF-8, else 'latin-1' (ML-100K u.item and ML-1M movies.dat are
+    ISO-8859-1; the CSV releases are UTF-8). Only used on the small catalogue files."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf8"
+
+
 def _read_table(path: Path, names: list[str], delimiter: str, types: dict[str, pa.DataType] | None = None,
                 encoding: str = "utf8", header_rows: int = 0, quoted: bool = False) -> pa.Table:
-    """A headerless (or header-skipped) delimited file with the given column names.
+    """A headerless (or header-skipped) delimited file with the given column names; columns not in
+    `types` are strings. A value that does not convert raises ValueError naming file, row and column.
 
     MovieLens' tab and pipe files are not quoted (titles contain `"`), so quoting is off unless asked.
     """
+    types = {n: (types or {}).get(n, pa.string()) for n in names}
     try:
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=header_rows, encoding=encoding),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False),
-            convert_options=pacsv.ConvertOptions(column_types={n: (types or {}).get(n, pa.string())
-                                                               for n in names}),
-        )
+        return _arrow_read(path, names, delimiter, types, encoding, header_rows, quoted)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read as {len(names)} {delimiter!r}-separated columns: "
-                         f"{exc}") from exc
+        where = _locate_bad_value(path, names, delimiter, types, encoding, header_rows, quoted)
+        raise ValueError(f"{path}: cannot read as {len(names)} {delimiter!r}-separated columns "
+                         f"({', '.join(names)}): {where or exc}") from exc
+
+
+def _arrow_read(path: Path, names: list[str], delimiter: str, types: dict[str, pa.DataType], encoding: str,
+                header_rows: int, quoted: bool) -> pa.Table:
+    return pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=header_rows, encoding=encoding),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False),
+        convert_options=pacsv.ConvertOptions(column_types=types))
+
+
+# what Arrow's CSV reader accepts for a type (it does not trim spaces)
+_TYPE_PATTERNS = {pa.int64(): r"^[+-]?[0-9]+$", pa.int8(): r"^[+-]?[0-9]+$",
+                  pa.float64(): r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$", pa.null(): r"^$"}
+
+
+def _locate_bad_value(path: Path, names: list[str], delimiter: str, types: dict[str, pa.DataType],
+                      encoding: str, header_rows: int, quoted: bool) -> str | None:
+    """Error path only: the first value that breaks its column's type, as 'data row N, column C: 'v''
+    (Arrow's conversion errors name neither row nor line); None when the file does not even split."""
+    try:
+        text = _arrow_read(path, names, delimiter, dict.fromkeys(names, pa.string()), encoding, header_rows,
+                           quoted)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    for name, dtype in types.items():
+        if dtype not in _TYPE_PATTERNS:
+            continue
+        ok = pc.fill_null(pc.match_substring_regex(text.column(name), _TYPE_PATTERNS[dtype]), dtype == pa.null())
+        if (bad := np.flatnonzero(~ok.to_numpy(zero_copy_only=False))).size:
+            value = text.column(name)[int(bad[0])].as_py()
+            return f"data row {bad[0] + 1}, column {name}: {value!r} is not {dtype}"
+    return None
 
 
 def _null_strings(n: int) -> pa.Array:
@@ -139,26 +191,56 @@ _ML_LAYOUTS = (  # format, ratings, items, users (detection order)
     ("ml-1m", "ratings.dat", "movies.dat", "users.dat"),
     ("ml-csv", "ratings.csv", "movies.csv", None),
 )
+# the train/test splits shipped with ML-100K (mku.sh, allbut.pl): u.data's columns, a subset of its rows
+_ML100K_SPLIT = re.compile(r"^u([1-5]|a|b)\.(base|test)$")
+# Ratings as numpy arrays [N]: user_id, item_id (int64), rating (float64), timestamp (int64 unix seconds)
+Ratings = dict[str, np.ndarray]
 
 
 def detect_movielens(path: Path) -> _MovieLensFiles:
-    """Find the MovieLens layout of a folder (or of the folder of a file); ValueError when there is none."""
+    """Find the MovieLens layout of a folder, of the folder of a file, or of the one release folder inside
+    a folder (the zip's `ml-100k/`); ValueError when there is none or more than one release folder.
+
+    A file named on the command line picks its own layout; an ML-100K split (`u1.base`, `ua.test`, ...)
+    is imported instead of `u.data`; any other file (README, tags.csv, u.genre) means its folder.
+    """
     path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    candidates = []
-    for fmt, ratings, items, users in _ML_LAYOUTS:
-        if (folder / ratings).is_file():
-            candidates.append(_MovieLensFiles(fmt, folder / ratings, _existing(folder, items),
-                                              _existing(folder, users)))
-    for inter in sorted(folder.glob("*.inter")) if folder.is_dir() else []:
-        candidates.append(_MovieLensFiles("atomic", inter, _existing(folder, inter.stem + ".item"),
-                                          _existing(folder, inter.stem + ".user")))
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    candidates = _layouts_in(path.parent if path.is_file() else path)
+    if not candidates and path.is_dir():
+        candidates = _release_subfolder(path)
     if not candidates:
         looked = "; ".join(f"{r} (+ {i}{', ' + u if u else ''})" for _, r, i, u in _ML_LAYOUTS)
-        raise ValueError(f"{path}: no MovieLens files found; looked for {looked}; "
-                         f"<name>.inter (+ <name>.item, <name>.user)")
-    # a file named on the command line picks its own layout
-    return next((c for c in candidates if path in (c.ratings, c.items, c.users)), candidates[0])
+        raise ValueError(f"{path}: no MovieLens files found (nor in a release folder inside it); looked for "
+                         f"{looked}; <name>.inter (+ <name>.item, <name>.user)")
+    if path.is_file():
+        named = [c for c in candidates if path in (c.ratings, c.items, c.users)]
+        if named:
+            return named[0]
+        if _ML100K_SPLIT.match(path.name) and candidates[0].fmt == "ml-100k":
+            return dataclasses.replace(candidates[0], ratings=path)
+    return candidates[0]
+
+
+def _layouts_in(folder: Path) -> list[_MovieLensFiles]:
+    """Every MovieLens layout whose ratings file is in `folder`, in detection order."""
+    candidates = [_MovieLensFiles(fmt, folder / ratings, _existing(folder, items), _existing(folder, users))
+                  for fmt, ratings, items, users in _ML_LAYOUTS if (folder / ratings).is_file()]
+    for inter in sorted(folder.glob("*.inter")):
+        candidates.append(_MovieLensFiles("atomic", inter, _existing(folder, inter.stem + ".item"),
+                                          _existing(folder, inter.stem + ".user")))
+    return candidates
+
+
+def _release_subfolder(folder: Path) -> list[_MovieLensFiles]:
+    """The layouts of the single release folder inside `folder` (e.g. the `ml-100k/` of ml-100k.zip)."""
+    found = {sub: layouts for sub in sorted(p for p in folder.iterdir() if p.is_dir())
+             if (layouts := _layouts_in(sub))}
+    if len(found) > 1:
+        raise ValueError(f"{folder}: holds {len(found)} MovieLens releases "
+                         f"({', '.join(sub.name for sub in found)}); pass one of these folders")
+    return next(iter(found.values()), [])
 
 
 def _existing(folder: Path, name: str | None) -> Path | None:
@@ -169,22 +251,33 @@ def import_movielens(path: Path, landing: Path, start: date | None = None,
                      end: date | None = None) -> ImportSummary:
     """Import a MovieLens release; optional start/end (UTC dates, inclusive) restrict the days written."""
     files = detect_movielens(path)
-    reader = {"ml-100k": _read_ml100k, "ml-1m": _read_ml1m, "ml-csv": _read_ml_csv,
-              "atomic": _read_ml_atomic}[files.fmt]
-    ratings, users, items = reader(files)
-    return _write_ratings(files.fmt, ratings, users, items, Path(landing), start, end)
+    read_ratings, read_profiles = _ML_READERS[files.fmt]
+    users, items = read_profiles(files)
+    return _write_ratings(files.fmt, read_ratings(files), users, items, Path(landing), start, end)
 
 
-def _ratings_table(table: pa.Table, path: Path, names: tuple[str, str, str, str]) -> pa.Table:
-    """user_id, item_id, rating (float64), timestamp (int64 unix seconds) from the named columns."""
+def _rating_arrays(table: pa.Table, path: Path, names: tuple[str, str, str, str]) -> Ratings:
+    """Typed rating columns -> numpy arrays; the timestamp (read as float: atomic files type it so) must
+    be whole seconds. Columns are converted one at a time so the Arrow copy is released as it goes."""
+    columns = dict(zip(("user_id", "item_id", "rating", "timestamp"), (table.column(n) for n in names),
+                       strict=True))
+    del table
+    out: Ratings = {}
+    for key in list(columns):
+        col = columns.pop(key)
+        if col.null_count:
+            raise ValueError(f"{path}: {col.null_count} empty values in column {key}")
+        out[key] = col.to_numpy()
+    seconds = out["timestamp"]
+    if seconds.size and not np.array_equal(seconds, np.floor(seconds)):
+        raise ValueError(f"{path}: timestamps are not whole seconds")
+    out["timestamp"] = seconds.astype(np.int64)
+    return out
+
+
+def _rating_types(names: tuple[str, str, str, str]) -> dict[str, pa.DataType]:
     user, item, rating, ts = names
-    try:
-        value = pc.cast(table.column(rating), pa.float64())
-        seconds = pc.cast(pc.cast(table.column(ts), pa.float64()), pa.int64())  # atomic files type it float
-    except pa.ArrowInvalid as exc:
-        raise ValueError(f"{path}: rating or timestamp is not numeric: {exc}") from exc
-    return pa.table({"user_id": _int_column(table, user, path), "item_id": _int_column(table, item, path),
-                     "rating": value, "timestamp": seconds})
+    return {user: pa.int64(), item: pa.int64(), rating: pa.float64(), ts: pa.float64()}
 
 
 def _users_table(u: pa.Table, path: Path, occupation: pa.Array | None = None) -> pa.Table:
@@ -202,26 +295,46 @@ def _items_table(item_id: pa.Array, category: pa.Array, title: pa.Array) -> pa.T
                     schema=ITEM_SCHEMA)
 
 
-def _read_ml100k(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
-    raw = _read_table(files.ratings, ["user_id", "item_id", "rating", "timestamp"], "\t")
-    ratings = _ratings_table(raw, files.ratings, ("user_id", "item_id", "rating", "timestamp"))
+_ML100K_RATINGS = ("user_id", "item_id", "rating", "timestamp")
+
+
+def _ml100k_ratings(files: _MovieLensFiles) -> Ratings:
+    names = list(_ML100K_RATINGS)
+    raw = _read_table(files.ratings, names, "\t", _rating_types(_ML100K_RATINGS))
+    return _rating_arrays(raw, files.ratings, _ML100K_RATINGS)
+
+
+def _ml100k_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table | None]:
     users = items = None
     if files.users:
         users = _users_table(_read_table(files.users, ["user_id", "age", "gender", "occupation", "zip"], "|"),
                              files.users)
     if files.items:
         names = ["item_id", "title", "release_date", "video_release_date", "url", *ML100K_GENRES]
-        it = _read_table(files.items, names, "|", {g: pa.int8() for g in ML100K_GENRES}, encoding="latin-1")
+        it = _read_table(files.items, names, "|", {g: pa.int8() for g in ML100K_GENRES},
+                         encoding=_text_encoding(files.items))
         flags = np.column_stack([it.column(g).to_numpy(zero_copy_only=False) for g in ML100K_GENRES]) > 0
         first = pc.take(pa.array(ML100K_GENRES), pa.array(flags.argmax(axis=1)))
         category = pc.if_else(pa.array(flags.any(axis=1)), first, _null_strings(it.num_rows))
         items = _items_table(_int_column(it, "item_id", files.items), category, it.column("title"))
-    return ratings, users, items
+    return users, items
 
 
-def _read_double_colon(path: Path, names: list[str], encoding: str = "utf8") -> pa.Table:
-    """ML-1M `::`-separated lines as string columns (pyarrow's CSV reader takes one-character delimiters)."""
-    lines = _read_table(path, ["line"], "\x1f", encoding=encoding).column("line")
+def _read_double_colon(path: Path, names: list[str], types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """An ML-1M `::`-separated file whose fields hold no ':' (ratings.dat, users.dat), read typed.
+
+    Arrow's reader takes one-character delimiters: split on ':' and require the fields between the two
+    colons of each `::` to be empty (typed null, so a stray single ':' fails the read).
+    """
+    wide = [part for i, n in enumerate(names) for part in ((n,) if i == 0 else (f"_sep{i}", n))]
+    seps = {n: pa.null() for n in wide if n.startswith("_sep")}
+    table = _read_table(path, wide, ":", {**(types or {}), **seps})
+    return table.select(names)
+
+
+def _read_double_colon_lines(path: Path, names: list[str]) -> pa.Table:
+    """An ML-1M `::`-separated file whose fields may hold ':' (movies.dat titles do), as strings."""
+    lines = _read_table(path, ["line"], "\x1f", encoding=_text_encoding(path)).column("line")
     parts = pc.split_pattern(lines, "::")
     counts = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
     if (bad := np.flatnonzero(counts != len(names))).size:
@@ -230,11 +343,15 @@ def _read_double_colon(path: Path, names: list[str], encoding: str = "utf8") -> 
     return pa.table({n: pc.list_element(parts, i) for i, n in enumerate(names)})
 
 
-def _read_ml1m(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
-    names = ["user_id", "item_id", "rating", "timestamp"]
-    ratings = _ratings_table(_read_double_colon(files.ratings, names), files.ratings, tuple(names))
+def _ml1m_ratings(files: _MovieLensFiles) -> Ratings:
+    raw = _read_double_colon(files.ratings, list(_ML100K_RATINGS), _rating_types(_ML100K_RATINGS))
+    return _rating_arrays(raw, files.ratings, _ML100K_RATINGS)
+
+
+def _ml1m_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table | None]:
     users = items = None
     if files.users:
+        # age is ML-1M's age-group code (1, 18, 25, 35, 45, 50, 56: the lower bound of the group)
         u = _read_double_colon(files.users, ["user_id", "gender", "age", "occupation", "zip"])
         code = _int_column(u, "occupation", files.users)
         known = pc.less(code, len(ML1M_OCCUPATIONS))
@@ -242,35 +359,51 @@ def _read_ml1m(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Ta
                                 pc.cast(code, pa.string()))
         users = _users_table(u, files.users, occupation)
     if files.items:
-        m = _read_double_colon(files.items, ["item_id", "title", "genres"], encoding="latin-1")
+        m = _read_double_colon_lines(files.items, ["item_id", "title", "genres"])
         items = _items_table(_int_column(m, "item_id", files.items), _first_token(m.column("genres"), "|"),
                              m.column("title"))
-    return ratings, users, items
+    return users, items
 
 
-def _read_ml_csv(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
-    names = ["userId", "movieId", "rating", "timestamp"]
-    raw = _read_table(files.ratings, names, ",", header_rows=1, quoted=True)
-    ratings = _ratings_table(raw, files.ratings, tuple(names))
+_CSV_RATINGS = ("userId", "movieId", "rating", "timestamp")
+
+
+def _ml_csv_ratings(files: _MovieLensFiles) -> Ratings:
+    raw = _read_table(files.ratings, list(_CSV_RATINGS), ",", _rating_types(_CSV_RATINGS), header_rows=1,
+                      quoted=True)
+    return _rating_arrays(raw, files.ratings, _CSV_RATINGS)
+
+
+def _ml_csv_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table | None]:
     items = None
     if files.items:
-        m = _read_table(files.items, ["movieId", "title", "genres"], ",", header_rows=1, quoted=True)
+        # titles with a comma are quoted, a quote inside a title is doubled (RFC 4180)
+        m = _read_table(files.items, ["movieId", "title", "genres"], ",", header_rows=1, quoted=True,
+                        encoding=_text_encoding(files.items))
         genre = _first_token(m.column("genres"), "|")
         genre = pc.if_else(pc.equal(genre, "(no genres listed)"), _null_strings(len(genre)), genre)
         items = _items_table(_int_column(m, "movieId", files.items), genre, m.column("title"))
-    return ratings, None, items  # the CSV releases carry no user profiles
+    return None, items  # the CSV releases carry no user profiles
 
 
-def _atomic(path: Path) -> pa.Table:
-    """An atomic file: tab-separated with a typed header (`name:token`); columns named without the type."""
+def _atomic_header(path: Path) -> list[str]:
+    """Column names of an atomic file: its tab-separated typed header (`name:token`) without the types."""
     with open(path, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\r\n").split("\t")
-    return _read_table(path, [h.split(":")[0] for h in header], "\t", header_rows=1)
+        return [h.split(":")[0] for h in fh.readline().rstrip("\r\n").split("\t")]
 
 
-def _read_ml_atomic(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
-    names = ("user_id", "item_id", "rating", "timestamp")
-    ratings = _ratings_table(_atomic(files.ratings), files.ratings, names)
+def _atomic(path: Path, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    return _read_table(path, _atomic_header(path), "\t", types, header_rows=1)
+
+
+def _ml_atomic_ratings(files: _MovieLensFiles) -> Ratings:
+    if missing := set(_ML100K_RATINGS) - set(_atomic_header(files.ratings)):
+        raise ValueError(f"{files.ratings}: header lacks {', '.join(sorted(missing))}")
+    raw = _atomic(files.ratings, _rating_types(_ML100K_RATINGS))
+    return _rating_arrays(raw, files.ratings, _ML100K_RATINGS)
+
+
+def _ml_atomic_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table | None]:
     users = items = None
     if files.users:
         users = _users_table(_atomic(files.users), files.users)
@@ -279,44 +412,52 @@ def _read_ml_atomic(files: _MovieLensFiles) -> tuple[pa.Table, pa.Table | None, 
         title = it.column("movie_title") if "movie_title" in it.column_names else _null_strings(it.num_rows)
         category = _first_token(it.column("class"), " ")
         items = _items_table(_int_column(it, "item_id", files.items), category, title)
-    return ratings, users, items
+    return users, items
 
 
-def _write_ratings(fmt: str, ratings: pa.Table, users: pa.Table | None, items: pa.Table | None,
+_ML_READERS = {"ml-100k": (_ml100k_ratings, _ml100k_profiles), "ml-1m": (_ml1m_ratings, _ml1m_profiles),
+               "ml-csv": (_ml_csv_ratings, _ml_csv_profiles), "atomic": (_ml_atomic_ratings, _ml_atomic_profiles)}
+
+
+def _write_ratings(fmt: str, ratings: Ratings, users: pa.Table | None, items: pa.Table | None,
                    landing: Path, start: date | None, end: date | None) -> ImportSummary:
     """One behaviours partition per UTC day inside [start, end]; snapshots into the first day written."""
-    seconds = ratings.column("timestamp").to_numpy()
-    day = seconds // DAY_S
-    keep = np.ones(len(day), bool)
+    seconds, user, item = ratings["timestamp"], ratings["user_id"], ratings["item_id"]
+    keep = np.ones(len(seconds), bool)
     if start is not None:
-        keep &= day >= _day_number(start)
+        keep &= seconds >= _day_number(start) * DAY_S
     if end is not None:
-        keep &= day <= _day_number(end)
+        keep &= seconds < (_day_number(end) + 1) * DAY_S
     idx = np.flatnonzero(keep)
-    user, item = ratings.column("user_id").to_numpy()[idx], ratings.column("item_id").to_numpy()[idx]
-    idx = idx[np.lexsort((item, user, seconds[idx]))]   # time order, ties broken deterministically
-    table = pa.table([ratings.column("user_id").take(idx), ratings.column("item_id").take(idx),
-                      pa.array(np.full(len(idx), "rating")),
-                      pa.array(seconds[idx] * 1_000_000, pa.timestamp("us")),
-                      ratings.column("rating").take(idx), _null_strings(len(idx))], schema=BEHAVIOR_SCHEMA)
-    days = _write_by_day(landing, table, day[idx])
+    del keep
+    idx = idx[np.lexsort((item[idx], user[idx], seconds[idx]))]   # time order, ties broken deterministically
+    days = _write_by_day(landing, ratings, idx)
     if days:
         for entity, snapshot in (("users", users), ("items", items)):
             if snapshot is not None:
                 write_partition(landing, entity, days[0], snapshot)
-    return ImportSummary(fmt, rows_in=ratings.num_rows, rows_written=len(idx),
-                         rows_skipped_outside_window=ratings.num_rows - len(idx), days=days,
-                         users=len(np.unique(table.column("user_id").to_numpy())),
-                         items=len(np.unique(table.column("item_id").to_numpy())))
+    return ImportSummary(fmt, rows_in=len(seconds), rows_written=len(idx),
+                         rows_skipped_outside_window=len(seconds) - len(idx), days=days,
+                         users=len(np.unique(user[idx])), items=len(np.unique(item[idx])))
 
 
-def _write_by_day(landing: Path, table: pa.Table, day: np.ndarray) -> list[str]:
-    """Write rows sorted by `day` [N] as one partition per day; returns the ds written."""
-    values, first = np.unique(day, return_index=True)
-    bounds = np.r_[first, len(day)]
-    for d, lo, hi in zip(values, bounds[:-1], bounds[1:], strict=True):
-        write_partition(landing, "behaviors", _ds(d), table.slice(lo, hi - lo))
-    return [_ds(d) for d in values]
+def _write_by_day(landing: Path, ratings: Ratings, idx: np.ndarray) -> list[str]:
+    """Write the ratings at `idx` [N] (sorted by time) as one partition per UTC day; returns the ds written."""
+    day = ratings["timestamp"][idx] // DAY_S
+    bounds = np.r_[0, np.flatnonzero(np.diff(day)) + 1, len(idx)]
+    days = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        days.append(_ds(day[lo]))
+        write_partition(landing, "behaviors", days[-1], _rating_rows(ratings, idx[lo:hi]))
+    return days
+
+
+def _rating_rows(ratings: Ratings, rows: np.ndarray) -> pa.Table:
+    """The ratings at `rows` [n] as `rating` behaviours (BEHAVIOR_SCHEMA)."""
+    n = len(rows)
+    return pa.table([pa.array(ratings["user_id"][rows]), pa.array(ratings["item_id"][rows]),
+                     pa.repeat("rating", n), pa.array(ratings["timestamp"][rows] * 1_000_000, pa.timestamp("us")),
+                     pa.array(ratings["rating"][rows]), _null_strings(n)], schema=BEHAVIOR_SCHEMA)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -397,7 +538,7 @@ def _taobao_batches(path: Path) -> Iterator[pa.Array]:
         return
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(column_names=["line"], block_size=TAOBAO_BLOCK_BYTES),
+        read_options=pacsv.ReadOptions(column_names=["line"], block_size=TAOBAO_BLOCK_BYTES, use_threads=False),
         parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, double_quote=False,
                                          escape_char=False, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={"line": pa.binary()}),
