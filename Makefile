@@ -21,11 +21,12 @@ DEMO_DAYS ?= 4
 DEMO_USERS ?= 300
 DEMO_ITEMS ?= 400
 
-.PHONY: help install demo test lint clean airflow-init
+.PHONY: help install demo test lint clean airflow-init bench-pipeline
 
 help:
 	@echo "make demo   - synthesize demo logs and run the Airflow DAG for each demo date, then summarize"
 	@echo "make test   - ruff + pytest (unit, data, DAG, integration on tiny data)"
+	@echo "make bench-pipeline EVENTS=1000000 - time one day of ingest + dbt + GX (bench/results/pipeline_day.jsonl)"
 	@echo "make clean  - remove var/ (warehouse, MLflow store, Airflow home, landing files)"
 
 $(VENV)/.installed: pyproject.toml
@@ -62,6 +63,10 @@ lint: install
 
 test: install lint
 	$(BIN)/pytest -q
+
+EVENTS ?= 1000000
+bench-pipeline: install
+	$(BIN)/python bench/pipeline_day.py --events $(EVENTS)
 
 clean:
 	rm -rf var

@@ -76,9 +76,10 @@ class ImportSummary:
     def __rich_repr__(self) -> Iterator[tuple[str, object]]:
         """The CLI prints the summary with rich: the days as a range (ML-25M has 9,000 of them)."""
         for f in dataclasses.fields(self):
-            yield f.name, getattr(self, f.name)
-        if self.days:   # replaces the list printed above: rich keeps the last value of a repeated key
-            yield "days", f"{self.days[0]} .. {self.days[-1]} ({len(self.days)} days)"
+            value = getattr(self, f.name)
+            if f.name == "days" and value:
+                value = f"{value[0]} .. {value[-1]} ({len(value)} days)"
+            yield f.name, value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -132,6 +133,8 @@ def _arrow_read(path: Path, names: list[str], delimiter: str, types: dict[str, p
 # what Arrow's CSV reader accepts for a type (it does not trim spaces)
 _TYPE_PATTERNS = {pa.int64(): r"^[+-]?[0-9]+$", pa.int8(): r"^[+-]?[0-9]+$",
                   pa.float64(): r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$", pa.null(): r"^$"}
+_TYPE_WORDS = {pa.int64(): "an integer", pa.int8(): "an integer", pa.float64(): "a number",
+               pa.null(): "empty (fields are separated by '::', not ':')"}
 
 
 def _locate_bad_value(path: Path, names: list[str], delimiter: str, types: dict[str, pa.DataType],
@@ -149,7 +152,7 @@ def _locate_bad_value(path: Path, names: list[str], delimiter: str, types: dict[
         ok = pc.fill_null(pc.match_substring_regex(text.column(name), _TYPE_PATTERNS[dtype]), dtype == pa.null())
         if (bad := np.flatnonzero(~ok.to_numpy(zero_copy_only=False))).size:
             value = text.column(name)[int(bad[0])].as_py()
-            return f"data row {bad[0] + 1}, column {name}: {value!r} is not {dtype}"
+            return f"data row {bad[0] + 1}, column {name}: {value!r} is not {_TYPE_WORDS[dtype]}"
     return None
 
 
@@ -256,28 +259,60 @@ def import_movielens(path: Path, landing: Path, start: date | None = None,
     return _write_ratings(files.fmt, read_ratings(files), users, items, Path(landing), start, end)
 
 
-def _rating_arrays(table: pa.Table, path: Path, names: tuple[str, str, str, str]) -> Ratings:
-    """Typed rating columns -> numpy arrays; the timestamp (read as float: atomic files type it so) must
-    be whole seconds. Columns are converted one at a time so the Arrow copy is released as it goes."""
-    columns = dict(zip(("user_id", "item_id", "rating", "timestamp"), (table.column(n) for n in names),
-                       strict=True))
-    del table
-    out: Ratings = {}
-    for key in list(columns):
-        col = columns.pop(key)
-        if col.null_count:
-            raise ValueError(f"{path}: {col.null_count} empty values in column {key}")
-        out[key] = col.to_numpy()
-    seconds = out["timestamp"]
-    if seconds.size and not np.array_equal(seconds, np.floor(seconds)):
-        raise ValueError(f"{path}: timestamps are not whole seconds")
-    out["timestamp"] = seconds.astype(np.int64)
-    return out
+_RATING_KEYS = ("user_id", "item_id", "rating", "timestamp")
+_RATING_DTYPES = (np.int64, np.int64, np.float64, np.int64)
 
 
-def _rating_types(names: tuple[str, str, str, str]) -> dict[str, pa.DataType]:
-    user, item, rating, ts = names
-    return {user: pa.int64(), item: pa.int64(), rating: pa.float64(), ts: pa.float64()}
+def _read_ratings(path: Path, names: list[str], columns: tuple[str, str, str, str], delimiter: str, *,
+                  types: dict[str, pa.DataType] | None = None, header_rows: int = 0, quoted: bool = False,
+                  float_ts: bool = False) -> Ratings:
+    """The rating columns (`columns`: user, item, rating, timestamp of the file's `names`) as numpy arrays [N].
+
+    Streamed in 1 MB batches into arrays sized by a line count, so a 25M-row file costs its four arrays
+    (800 MB) and no Arrow table beside them. `float_ts`: the timestamp is typed float (atomic files) and
+    must hold whole seconds. A value that does not convert raises ValueError naming row and column.
+    """
+    user, item, rating, ts = columns
+    types = {**(types or {}), user: pa.int64(), item: pa.int64(), rating: pa.float64(),
+             ts: pa.float64() if float_ts else pa.int64()}   # other columns are split but not converted
+    capacity = _count_lines(path)
+    out = {key: np.empty(capacity, dtype) for key, dtype in zip(_RATING_KEYS, _RATING_DTYPES, strict=True)}
+    n = 0
+    try:
+        reader = pacsv.open_csv(
+            path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=header_rows),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)))
+        for batch in reader:
+            for key, name in zip(_RATING_KEYS, columns, strict=True):
+                out[key][n:n + batch.num_rows] = _rating_values(batch.column(name), path, name,
+                                                                whole=key == "timestamp")
+            n += batch.num_rows
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        where = _locate_bad_value(path, names, delimiter, types, "utf8", header_rows, quoted)
+        raise ValueError(f"{path}: cannot read as {len(names)} {delimiter!r}-separated columns "
+                         f"({', '.join(names)}): {where or exc}") from exc
+    return {key: values[:n] for key, values in out.items()}
+
+
+def _rating_values(column: pa.Array, path: Path, name: str, whole: bool) -> np.ndarray:
+    """One batch of a rating column as numpy; empty values (and fractional ones where `whole`) raise."""
+    if column.null_count:
+        raise ValueError(f"{path}: {column.null_count} empty values in column {name}")
+    values = column.to_numpy()
+    if whole and values.dtype.kind == "f" and not np.array_equal(values, np.floor(values)):
+        raise ValueError(f"{path}: column {name} holds a timestamp that is not whole seconds")
+    return values
+
+
+def _count_lines(path: Path) -> int:
+    """Line breaks in a file (+1 for a last line without one): an upper bound of its rows."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(16 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
 
 
 def _users_table(u: pa.Table, path: Path, occupation: pa.Array | None = None) -> pa.Table:
@@ -299,9 +334,7 @@ _ML100K_RATINGS = ("user_id", "item_id", "rating", "timestamp")
 
 
 def _ml100k_ratings(files: _MovieLensFiles) -> Ratings:
-    names = list(_ML100K_RATINGS)
-    raw = _read_table(files.ratings, names, "\t", _rating_types(_ML100K_RATINGS))
-    return _rating_arrays(raw, files.ratings, _ML100K_RATINGS)
+    return _read_ratings(files.ratings, list(_ML100K_RATINGS), _ML100K_RATINGS, "\t")
 
 
 def _ml100k_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table | None]:
@@ -320,16 +353,18 @@ def _ml100k_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table 
     return users, items
 
 
-def _read_double_colon(path: Path, names: list[str], types: dict[str, pa.DataType] | None = None) -> pa.Table:
-    """An ML-1M `::`-separated file whose fields hold no ':' (ratings.dat, users.dat), read typed.
-
-    Arrow's reader takes one-character delimiters: split on ':' and require the fields between the two
-    colons of each `::` to be empty (typed null, so a stray single ':' fails the read).
-    """
+def _double_colon_columns(names: list[str]) -> tuple[list[str], dict[str, pa.DataType]]:
+    """Column names and types to read a `::`-separated file whose fields hold no ':' (ratings.dat,
+    users.dat) with Arrow's one-character delimiter ':': the field between the two colons of each `::`
+    is typed null, so it must be empty and a stray single ':' fails the read."""
     wide = [part for i, n in enumerate(names) for part in ((n,) if i == 0 else (f"_sep{i}", n))]
-    seps = {n: pa.null() for n in wide if n.startswith("_sep")}
-    table = _read_table(path, wide, ":", {**(types or {}), **seps})
-    return table.select(names)
+    return wide, {n: pa.null() for n in wide if n.startswith("_sep")}
+
+
+def _read_double_colon(path: Path, names: list[str]) -> pa.Table:
+    """A small `::`-separated file whose fields hold no ':' (users.dat) as string columns `names`."""
+    wide, seps = _double_colon_columns(names)
+    return _read_table(path, wide, ":", seps).select(names)
 
 
 def _read_double_colon_lines(path: Path, names: list[str]) -> pa.Table:
@@ -344,8 +379,8 @@ def _read_double_colon_lines(path: Path, names: list[str]) -> pa.Table:
 
 
 def _ml1m_ratings(files: _MovieLensFiles) -> Ratings:
-    raw = _read_double_colon(files.ratings, list(_ML100K_RATINGS), _rating_types(_ML100K_RATINGS))
-    return _rating_arrays(raw, files.ratings, _ML100K_RATINGS)
+    wide, seps = _double_colon_columns(list(_ML100K_RATINGS))
+    return _read_ratings(files.ratings, wide, _ML100K_RATINGS, ":", types=seps)
 
 
 def _ml1m_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table | None]:
@@ -369,9 +404,7 @@ _CSV_RATINGS = ("userId", "movieId", "rating", "timestamp")
 
 
 def _ml_csv_ratings(files: _MovieLensFiles) -> Ratings:
-    raw = _read_table(files.ratings, list(_CSV_RATINGS), ",", _rating_types(_CSV_RATINGS), header_rows=1,
-                      quoted=True)
-    return _rating_arrays(raw, files.ratings, _CSV_RATINGS)
+    return _read_ratings(files.ratings, list(_CSV_RATINGS), _CSV_RATINGS, ",", header_rows=1, quoted=True)
 
 
 def _ml_csv_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table | None]:
@@ -399,8 +432,9 @@ def _atomic(path: Path, types: dict[str, pa.DataType] | None = None) -> pa.Table
 def _ml_atomic_ratings(files: _MovieLensFiles) -> Ratings:
     if missing := set(_ML100K_RATINGS) - set(_atomic_header(files.ratings)):
         raise ValueError(f"{files.ratings}: header lacks {', '.join(sorted(missing))}")
-    raw = _atomic(files.ratings, _rating_types(_ML100K_RATINGS))
-    return _rating_arrays(raw, files.ratings, _ML100K_RATINGS)
+    # `timestamp:float` in the header; extra columns (e.g. `review:token_seq`) stay strings
+    return _read_ratings(files.ratings, _atomic_header(files.ratings), _ML100K_RATINGS, "\t", header_rows=1,
+                         float_ts=True)
 
 
 def _ml_atomic_profiles(files: _MovieLensFiles) -> tuple[pa.Table | None, pa.Table | None]:
@@ -421,40 +455,64 @@ _ML_READERS = {"ml-100k": (_ml100k_ratings, _ml100k_profiles), "ml-1m": (_ml1m_r
 
 def _write_ratings(fmt: str, ratings: Ratings, users: pa.Table | None, items: pa.Table | None,
                    landing: Path, start: date | None, end: date | None) -> ImportSummary:
-    """One behaviours partition per UTC day inside [start, end]; snapshots into the first day written."""
-    seconds, user, item = ratings["timestamp"], ratings["user_id"], ratings["item_id"]
+    """One behaviours partition per UTC day inside [start, end]; snapshots into the first day written.
+
+    `ratings` is filtered and sorted in place (its arrays are replaced one by one, so that a 25M-row
+    release never holds two copies of every column).
+    """
+    rows_in = len(ratings["timestamp"])
+    _keep_window(ratings, start, end)
+    _sort_by_time(ratings)
+    days = _write_by_day(landing, ratings)
+    if days:
+        for entity, snapshot in (("users", users), ("items", items)):
+            if snapshot is not None:
+                write_partition(landing, entity, days[0], snapshot)
+    written = len(ratings["timestamp"])
+    return ImportSummary(fmt, rows_in=rows_in, rows_written=written, rows_skipped_outside_window=rows_in - written,
+                         days=days, users=len(np.unique(ratings["user_id"])),
+                         items=len(np.unique(ratings["item_id"])))
+
+
+def _keep_window(ratings: Ratings, start: date | None, end: date | None) -> None:
+    """Drop the ratings outside the UTC days [start, end] (either bound optional)."""
+    seconds = ratings["timestamp"]
     keep = np.ones(len(seconds), bool)
     if start is not None:
         keep &= seconds >= _day_number(start) * DAY_S
     if end is not None:
         keep &= seconds < (_day_number(end) + 1) * DAY_S
-    idx = np.flatnonzero(keep)
-    del keep
-    idx = idx[np.lexsort((item[idx], user[idx], seconds[idx]))]   # time order, ties broken deterministically
-    days = _write_by_day(landing, ratings, idx)
-    if days:
-        for entity, snapshot in (("users", users), ("items", items)):
-            if snapshot is not None:
-                write_partition(landing, entity, days[0], snapshot)
-    return ImportSummary(fmt, rows_in=len(seconds), rows_written=len(idx),
-                         rows_skipped_outside_window=len(seconds) - len(idx), days=days,
-                         users=len(np.unique(user[idx])), items=len(np.unique(item[idx])))
+    if not keep.all():
+        for key in ratings:
+            ratings[key] = ratings[key][keep]
 
 
-def _write_by_day(landing: Path, ratings: Ratings, idx: np.ndarray) -> list[str]:
-    """Write the ratings at `idx` [N] (sorted by time) as one partition per UTC day; returns the ds written."""
-    day = ratings["timestamp"][idx] // DAY_S
-    bounds = np.r_[0, np.flatnonzero(np.diff(day)) + 1, len(idx)]
+def _sort_by_time(ratings: Ratings) -> None:
+    """Sort by time, ties broken by user then item, so that every rerun writes the same files."""
+    order = np.lexsort((ratings["item_id"], ratings["user_id"], ratings["timestamp"]))
+    for key in ratings:
+        ratings[key] = ratings[key][order]
+
+
+def _write_by_day(landing: Path, ratings: Ratings) -> list[str]:
+    """Write time-sorted ratings as one partition per UTC day that has any; returns the ds written."""
+    seconds = ratings["timestamp"]
+    if not len(seconds):
+        return []
+    first = int(seconds[0] // DAY_S)
+    day_numbers = np.arange(first, int(seconds[-1] // DAY_S) + 2)
+    edges = np.searchsorted(seconds, day_numbers * DAY_S)   # row range of day d: edges[d - first] ..
     days = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        days.append(_ds(day[lo]))
-        write_partition(landing, "behaviors", days[-1], _rating_rows(ratings, idx[lo:hi]))
+    for d, lo, hi in zip(day_numbers[:-1], edges[:-1], edges[1:], strict=True):
+        if hi > lo:
+            days.append(_ds(d))
+            write_partition(landing, "behaviors", days[-1], _rating_rows(ratings, slice(lo, hi)))
     return days
 
 
-def _rating_rows(ratings: Ratings, rows: np.ndarray) -> pa.Table:
-    """The ratings at `rows` [n] as `rating` behaviours (BEHAVIOR_SCHEMA)."""
-    n = len(rows)
+def _rating_rows(ratings: Ratings, rows: slice) -> pa.Table:
+    """The ratings in `rows` as `rating` behaviours (BEHAVIOR_SCHEMA)."""
+    n = rows.stop - rows.start
     return pa.table([pa.array(ratings["user_id"][rows]), pa.array(ratings["item_id"][rows]),
                      pa.repeat("rating", n), pa.array(ratings["timestamp"][rows] * 1_000_000, pa.timestamp("us")),
                      pa.array(ratings["rating"][rows]), _null_strings(n)], schema=BEHAVIOR_SCHEMA)
@@ -465,8 +523,10 @@ def _rating_rows(ratings: Ratings, rows: np.ndarray) -> pa.Table:
 # ------------------------------------------------------------------------------------------------
 
 TAOBAO_BLOCK_BYTES = 32 << 20   # ~1M lines per streamed batch
+TAOBAO_MAX_LINE_BYTES = 1 << 20
 _INT = r"^[0-9]{1,18}$"         # non-negative and fits int64
-_TS = r"^-?[0-9]{1,12}$"
+_TS = r"^-?[0-9]+$"
+_TS_FITS = r"^-?[0-9]{1,12}$"   # longer integers lie tens of thousands of years away: outside the window
 # rules in the order they are checked; a row gets the first one it breaks (code = position + 1)
 _TAOBAO_RULES = ("invalid_utf8", "empty_row", "malformed_row", "user_id_not_integer", "item_id_not_integer",
                  "category_id_not_integer", "behavior_unknown", "ts_not_integer", "outside_window")
@@ -533,18 +593,35 @@ def import_taobao(path: Path, landing: Path, start: date = date(2017, 11, 25),
 
 
 def _taobao_batches(path: Path) -> Iterator[pa.Array]:
-    """Each physical line as one binary value, in blocks (no delimiter/quote parsing: bad lines survive)."""
-    if path.stat().st_size == 0:
-        return
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=["line"], block_size=TAOBAO_BLOCK_BYTES, use_threads=False),
-        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, double_quote=False,
-                                         escape_char=False, ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(column_types={"line": pa.binary()}),
-    )
-    for batch in reader:
-        yield batch.column(0)
+    """Each physical line (line break dropped) as one binary value, in blocks of whole lines.
+
+    Plain reads, not Arrow's streaming CSV reader: that one reads up to 32 blocks ahead of its consumer
+    (1 GB at this block size, on top of the processing), and no delimiter or quote parsing is wanted here
+    (bad lines must survive to be rejected with their line number).
+    """
+    with open(path, "rb") as fh:
+        tail = b""
+        while chunk := fh.read(TAOBAO_BLOCK_BYTES):
+            data = tail + chunk
+            end = data.rfind(b"\n") + 1   # 0: a line longer than the block so far, read on
+            tail = data[end:]
+            if len(tail) > TAOBAO_MAX_LINE_BYTES:
+                raise ValueError(f"{path}: a line longer than {TAOBAO_MAX_LINE_BYTES} bytes; "
+                                 "not a UserBehavior.csv (one short CSV line per event)")
+            if end:
+                yield _lines(data, end)
+        if tail:   # the last line has no line break
+            yield _lines(tail + b"\n", len(tail) + 1)
+
+
+def _lines(data: bytes, end: int) -> pa.Array:
+    """The `\\n`-terminated lines of data[:end] as a binary array [N] without their `\\n` (no copy of data
+    until the slice); the `\\r` of a CRLF file is dropped by parse_taobao_lines."""
+    breaks = np.flatnonzero(np.frombuffer(data, np.uint8, count=end) == ord("\n"))
+    offsets = np.r_[0, breaks + 1].astype(np.int32)
+    with_breaks = pa.Array.from_buffers(pa.binary(), len(breaks), [None, pa.py_buffer(offsets),
+                                                                   pa.py_buffer(data)])
+    return pc.binary_slice(with_breaks, 0, -1)
 
 
 def _decode(raw: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -579,17 +656,18 @@ def parse_taobao_lines(raw: pa.Array, first_line: int, window: tuple[int, int],
     REJECT_SCHEMA). `window` is the inclusive range of Beijing day numbers kept.
     """
     text, bad_utf8 = _decode(raw)
+    text = pc.utf8_rtrim(text, characters="\r")   # CRLF line ends
     # five trailing commas make list_element safe on short rows; the field count is length - 5
     parts = pc.split_pattern(pc.binary_join_element_wise(text, ",,,,,", ""), ",")
     n_fields = pc.list_value_length(parts).to_numpy(zero_copy_only=False) - 5
     f = [pc.utf8_trim_whitespace(pc.list_element(parts, i)) for i in range(5)]
     behavior = pc.utf8_lower(f[3])
-    ok_ts = _matches(f[4], _TS)
-    seconds = pc.cast(pc.if_else(pa.array(ok_ts), f[4], "0"), pa.int64()).to_numpy()
+    ok_ts, fits = _matches(f[4], _TS), _matches(f[4], _TS_FITS)
+    seconds = pc.cast(pc.if_else(pa.array(fits), f[4], "0"), pa.int64()).to_numpy()
     day = (seconds + BEIJING_OFFSET_S) // DAY_S   # floor division: the Beijing calendar day
     broken = [bad_utf8, _matches(text, r"^\s*$"), n_fields != 5, ~_matches(f[0], _INT), ~_matches(f[1], _INT),
               ~_matches(f[2], _INT), ~_known_behavior(behavior), ~ok_ts,
-              (day < window[0]) | (day > window[1])]
+              ~fits | (day < window[0]) | (day > window[1])]
     code = np.zeros(len(text), np.int8)
     for k in range(len(broken) - 1, -1, -1):   # reversed so that the first broken rule wins
         code[broken[k]] = k + 1
