@@ -5,8 +5,8 @@
   `movies.csv`) and the atomic files (`<name>.inter`, `<name>.user`, `<name>.item`, typed headers).
   The path may be the release folder, a file in it, or the folder the zip was unpacked into (holding one
   release folder such as `ml-100k/`). Every rating becomes a `rating` behaviour with the rating as `value`,
-  in the partition of its UTC day. Ratings are read typed and written day by day from numpy arrays
-  (about 40 bytes a rating: ML-25M's 25M ratings fit in about 1.5 GB).
+  in the partition of its UTC day. Ratings are streamed typed into numpy arrays, sorted by time and
+  written day by day (ML-25M's 25M ratings: about 40 s and 1.4 GB peak).
 - Taobao UserBehavior.csv (Tianchi): 100M rows, streamed in blocks; its days are Beijing days, so the
   ds of an event is its date in UTC+8 while `ts` stays UTC. Rows that cannot be imported go, with file,
   line and reason, to `<landing>/_rejected/taobao/rejected.csv`: rows in = rows written + rows rejected.
@@ -259,6 +259,7 @@ def import_movielens(path: Path, landing: Path, start: date | None = None,
     return _write_ratings(files.fmt, read_ratings(files), users, items, Path(landing), start, end)
 
 
+RATINGS_BLOCK_BYTES = 1 << 20   # Arrow's default; the streaming reader reads up to 32 blocks ahead
 _RATING_KEYS = ("user_id", "item_id", "rating", "timestamp")
 _RATING_DTYPES = (np.int64, np.int64, np.float64, np.int64)
 
@@ -268,7 +269,7 @@ def _read_ratings(path: Path, names: list[str], columns: tuple[str, str, str, st
                   float_ts: bool = False) -> Ratings:
     """The rating columns (`columns`: user, item, rating, timestamp of the file's `names`) as numpy arrays [N].
 
-    Streamed in 1 MB batches into arrays sized by a line count, so a 25M-row file costs its four arrays
+    Streamed in batches into arrays sized by a line count, so a 25M-row file costs its four arrays
     (800 MB) and no Arrow table beside them. `float_ts`: the timestamp is typed float (atomic files) and
     must hold whole seconds. A value that does not convert raises ValueError naming row and column.
     """
@@ -280,7 +281,8 @@ def _read_ratings(path: Path, names: list[str], columns: tuple[str, str, str, st
     n = 0
     try:
         reader = pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=header_rows),
+            path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=header_rows,
+                                                 block_size=RATINGS_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False),
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)))
         for batch in reader:
@@ -306,13 +308,13 @@ def _rating_values(column: pa.Array, path: Path, name: str, whole: bool) -> np.n
 
 
 def _count_lines(path: Path) -> int:
-    """Line breaks in a file (+1 for a last line without one): an upper bound of its rows."""
-    lines, last = 0, b"\n"
+    """An upper bound of the rows of a file: its line breaks (LF, or CR for a file of CR line ends, as
+    Arrow's reader splits at both) plus one for a last line without a break."""
+    lf = cr = 0
     with open(path, "rb") as fh:
         while chunk := fh.read(16 << 20):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    return lines + (last != b"\n")
+            lf, cr = lf + chunk.count(b"\n"), cr + chunk.count(b"\r")
+    return max(lf, cr) + 1
 
 
 def _users_table(u: pa.Table, path: Path, occupation: pa.Array | None = None) -> pa.Table:
@@ -522,7 +524,7 @@ def _rating_rows(ratings: Ratings, rows: slice) -> pa.Table:
 # Taobao UserBehavior.csv
 # ------------------------------------------------------------------------------------------------
 
-TAOBAO_BLOCK_BYTES = 32 << 20   # ~1M lines per streamed batch
+TAOBAO_BLOCK_BYTES = 16 << 20   # ~470k lines per streamed batch
 TAOBAO_MAX_LINE_BYTES = 1 << 20
 _INT = r"^[0-9]{1,18}$"         # non-negative and fits int64
 _TS = r"^-?[0-9]+$"
@@ -595,9 +597,9 @@ def import_taobao(path: Path, landing: Path, start: date = date(2017, 11, 25),
 def _taobao_batches(path: Path) -> Iterator[pa.Array]:
     """Each physical line (line break dropped) as one binary value, in blocks of whole lines.
 
-    Plain reads, not Arrow's streaming CSV reader: that one reads up to 32 blocks ahead of its consumer
-    (1 GB at this block size, on top of the processing), and no delimiter or quote parsing is wanted here
-    (bad lines must survive to be rejected with their line number).
+    Plain reads, not Arrow's streaming CSV reader: that one reads up to 32 blocks ahead of a slower
+    consumer (0.5-1 GB at this block size, measured), chokes on a line longer than a block, and no
+    delimiter or quote parsing is wanted here (bad lines must survive to be rejected with their line).
     """
     with open(path, "rb") as fh:
         tail = b""

@@ -7,14 +7,16 @@ that folder is there.
 from __future__ import annotations
 
 import csv
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 import recsys.data.importers as importers
+from recsys.config import load_config
 from recsys.data.importers import import_movielens, import_taobao
+from recsys.ingest import ingest
 
 SHARED_ML100K = Path(__file__).resolve().parents[2].parent / "shared/data/ml-100k"
 
@@ -272,3 +274,234 @@ def test_taobao_rerun_with_a_narrower_window(taobao_file: Path, tmp_path: Path) 
 def test_taobao_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no such file"):
         import_taobao(tmp_path / "nope.csv", tmp_path / "landing")
+
+
+# ------------------------------------------------------------------------------------------------
+# The releases exactly as they ship: folder layouts, side files, encodings and quoting quirks
+# ------------------------------------------------------------------------------------------------
+
+def _behaviors(landing: Path) -> list[tuple]:
+    """Every behaviour written, as (ds, user, item, behavior, ts, value), in file order."""
+    return [(d, r["user_id"], r["item_id"], r["behavior"], r["ts"], r["value"])
+            for d in _days(landing, "behaviors") for r in _partition(landing, "behaviors", d)]
+
+
+def _categories(landing: Path) -> dict[int, str | None]:
+    first = _days(landing, "items")[0]
+    return {r["item_id"]: r["category"] for r in _partition(landing, "items", first)}
+
+
+@pytest.fixture
+def ml100k_zip(tmp_path: Path) -> Path:
+    """ml-100k.zip unpacked: `ml-100k/` with every file the release ships (side files shortened)."""
+    root = tmp_path / "download"
+    folder = root / "ml-100k"
+    folder.mkdir(parents=True)
+    lines = "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS)
+    (folder / "u.data").write_text(lines)
+    for split in ("u1.base", "u1.test", "ua.base", "ua.test"):
+        (folder / split).write_text(lines.splitlines(keepends=True)[0] if split.endswith("test") else lines)
+    (folder / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|T8H1N\n")
+    items = [  # the real quirks: latin-1 accents, a '"' in an unquoted title, item 267 with empty fields
+        f"10|Misérables, Les (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Mis%E9rables|"
+        f"{_genre_flags('Drama', 'Musical')}",
+        f'20|"Great Performances" Toy Story (1995)|01-Jan-1995||http://x|{_genre_flags("Animation", "Comedy")}',
+        f"30|unknown||||{_genre_flags('unknown')}"]
+    (folder / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
+    (folder / "u.genre").write_text("".join(f"{g}|{k}\n" for k, g in enumerate(importers.ML100K_GENRES)) + "\n")
+    (folder / "u.occupation").write_text("administrator\nartist\ntechnician\n")
+    (folder / "u.info").write_text("943 users\n1682 items\n100000 ratings\n")
+    (folder / "README").write_text("SUMMARY & USAGE LICENSE\n=======\nu.data -- The full u data set\n")
+    (folder / "allbut.pl").write_text("#!/usr/local/bin/perl\nif (@ARGV < 3) { exit 1; }\n")
+    (folder / "mku.sh").write_text("#!/bin/sh\ntrap `rm -f tmp.$$; exit 1` 1 2 15\n")
+    return root
+
+
+@pytest.mark.parametrize("arg", ["download", "download/ml-100k", "download/ml-100k/u.data",
+                                 "download/ml-100k/README", "download/ml-100k/u.genre"])
+def test_ml100k_zip_layout_from_any_path(ml100k_zip: Path, tmp_path: Path, arg: str) -> None:
+    landing = tmp_path / "landing"
+    summary = import_movielens(tmp_path / arg, landing)
+    assert summary.source_format == "ml-100k"
+    _check_ratings(landing, summary)
+    items = {r["item_id"]: r for r in _partition(landing, "items", "1998-01-01")}
+    assert items[10]["title"] == "Misérables, Les (1995)" and items[10]["category"] == "Drama"
+    assert items[20]["title"] == '"Great Performances" Toy Story (1995)'
+    assert (items[30]["title"], items[30]["category"]) == ("unknown", "unknown")
+    assert [r["occupation"] for r in _partition(landing, "users", "1998-01-01")] == ["technician", "other"]
+
+
+def test_ml100k_split_file_imports_that_split(ml100k_zip: Path, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    summary = import_movielens(ml100k_zip / "ml-100k" / "ua.test", landing)
+    assert summary.rows_in == summary.rows_written == 1 and summary.days == ["1998-01-01"]
+    assert _days(landing, "items") == ["1998-01-01"]
+
+
+def test_folder_with_two_releases_names_them(ml100k_zip: Path, tmp_path: Path) -> None:
+    other = ml100k_zip / "ml-latest-small"
+    other.mkdir()
+    (other / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    with pytest.raises(ValueError, match="2 MovieLens releases.*ml-100k, ml-latest-small"):
+        import_movielens(ml100k_zip, tmp_path / "landing")
+
+
+def test_original_ml100k_equals_atomic_files(ml100k_zip: Path, tmp_path: Path) -> None:
+    atomic = tmp_path / "atomic"
+    atomic.mkdir()
+    (atomic / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                          + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS))
+    (atomic / "ml-100k.user").write_text("user_id:token\tage:token\tgender:token\toccupation:token\t"
+                                         "zip_code:token\n1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\tT8H1N\n")
+    (atomic / "ml-100k.item").write_text(  # recbole's own spellings: no year in titles, 'unkonwn'
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "10\tMisérables, Les\t1995\tDrama Musical\n20\tGreat Performances Toy Story\t1995\tAnimation Comedy\n"
+        "30\tunkonwn\tunkonwn\tunknown\n", encoding="utf-8")
+    original, from_atomic = tmp_path / "original", tmp_path / "from_atomic"
+    import_movielens(ml100k_zip, original)
+    import_movielens(atomic, from_atomic)
+    assert _behaviors(original) == _behaviors(from_atomic) and len(_behaviors(original)) == 4
+    assert _categories(original) == _categories(from_atomic) == {10: "Drama", 20: "Animation", 30: "unknown"}
+    assert _partition(original, "users", "1998-01-01") == _partition(from_atomic, "users", "1998-01-01")
+
+
+def test_ml1m_release_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in RATINGS))
+    (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::98107-2117\n")
+    movies = ("10::Star Wars: Episode IV - A New Hope (1977)::Action|Adventure|Fantasy|Sci-Fi\n"
+              "20::Misérables, Les (1995)::Drama|Musical\n30::Children's Crusade (1995)::Children's|Drama\n")
+    (folder / "movies.dat").write_bytes(movies.encode("latin-1"))
+    (folder / "README").write_text("These files contain 1,000,209 anonymous ratings\n")
+    landing = tmp_path / "landing"
+    summary = import_movielens(tmp_path, landing)   # the folder ml-1m.zip was unpacked into
+    assert summary.source_format == "ml-1m"
+    _check_ratings(landing, summary)
+    items = {r["item_id"]: r for r in _partition(landing, "items", "1998-01-01")}
+    assert items[10]["title"] == "Star Wars: Episode IV - A New Hope (1977)" and items[10]["category"] == "Action"
+    assert items[20]["title"] == "Misérables, Les (1995)" and items[30]["category"] == "Children's"
+    assert [r["age"] for r in _partition(landing, "users", "1998-01-01")] == [1, 56]
+
+
+def test_ml1m_single_colon_is_rejected_with_its_row(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("1::10::4::883699199\n2:10::5::883699200::\n")
+    with pytest.raises(ValueError, match="ratings.dat"):
+        import_movielens(tmp_path, tmp_path / "landing")
+    (tmp_path / "ratings.dat").write_text("1::10::4::883699199\n2:x:10::5::883699200\n")
+    with pytest.raises(ValueError, match=r"data row 2, column _sep1: 'x' is not empty"):
+        import_movielens(tmp_path, tmp_path / "landing")
+
+
+def _csv_release(folder: Path, ratings: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n"
+        '10,"""Great Performances"" Cats (1998)",Musical\n'
+        '20,"Misérables, Les (1995)",Drama|War\n'
+        "30,Pirates of Silicon Valley (1999),(no genres listed)\n", encoding="utf-8")
+    (folder / "tags.csv").write_text('userId,movieId,tag,timestamp\n2,60756,"Tom Hardy, boxing",1445714994\n')
+    (folder / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0114709,862\n2,0113497,\n")
+    (folder / "genome-scores.csv").write_text("movieId,tagId,relevance\n1,1,0.02875\n")
+    (folder / "genome-tags.csv").write_text("tagId,tag\n1,007\n")
+    (folder / "README.txt").write_text("Summary\n=======\n")
+    return folder
+
+
+HALF_STARS = "".join(f"{u},{i},{r - 0.5},{t}\n" for u, i, r, t in RATINGS)
+
+
+@pytest.mark.parametrize("arg", ["ml-25m", "ml-25m/tags.csv", "ml-25m/genome-scores.csv", "."])
+def test_csv_release_quirks(tmp_path: Path, arg: str) -> None:
+    _csv_release(tmp_path / "dl" / "ml-25m", HALF_STARS.rstrip("\n"))   # the last line without a break
+    landing = tmp_path / "landing"
+    summary = import_movielens(tmp_path / "dl" / arg, landing)
+    assert summary.source_format == "ml-csv" and summary.rows_in == summary.rows_written == 4
+    assert [r["value"] for r in _partition(landing, "behaviors", "1998-01-02")] == [4.5, 2.5]
+    items = {r["item_id"]: r for r in _partition(landing, "items", "1998-01-01")}
+    assert items[10]["title"] == '"Great Performances" Cats (1998)' and items[10]["category"] == "Musical"
+    assert items[20]["title"] == "Misérables, Les (1995)" and items[20]["category"] == "Drama"
+    assert items[30]["category"] is None
+
+
+def test_csv_ratings_read_in_many_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importers, "RATINGS_BLOCK_BYTES", 256)   # ~10 lines a batch
+    rows = [(u, 100 + u % 7, 0.5 + u % 10 / 2, T_0101_2359 - u * 3600) for u in range(1, 301)]
+    folder = _csv_release(tmp_path / "ml-latest-small", "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows))
+    landing = tmp_path / "landing"
+    summary = import_movielens(folder, landing)
+    assert summary.rows_in == summary.rows_written == 300 and summary.users == 300
+    written = sorted((u, i, v, ts) for _, u, i, _, ts, v in _behaviors(landing))
+    assert written == [(u, i, r, datetime.fromtimestamp(t, UTC).replace(tzinfo=None)) for u, i, r, t in rows]
+
+
+def test_bad_rating_value_names_row_and_column(tmp_path: Path) -> None:
+    folder = _csv_release(tmp_path / "ml-latest-small", "1,10,4.0,883699199\n2,abc,5.0,883699200\n")
+    with pytest.raises(ValueError, match=r"ratings.csv.*data row 2, column movieId: 'abc' is not an integer"):
+        import_movielens(folder, tmp_path / "landing")
+    assert not (tmp_path / "landing").exists()
+
+
+def test_summary_prints_days_as_a_range(ml100k: Path, tmp_path: Path) -> None:
+    shown = dict(import_movielens(ml100k, tmp_path / "landing").__rich_repr__())
+    assert shown["days"] == "1998-01-01 .. 1998-01-05 (3 days)" and shown["rows_written"] == 4
+
+
+def test_ml100k_import_then_ingest(ml100k_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    cfg = load_config()
+    import_movielens(ml100k_zip, cfg.paths.landing)
+    first, second = ingest(cfg, "1998-01-01").counts, ingest(cfg, "1998-01-02").counts
+    assert (first["behaviors"].accepted, first["items"].accepted, first["users"].accepted) == (1, 3, 2)
+    assert (second["behaviors"].rows_in, second["behaviors"].accepted, second["behaviors"].rejected) == (2, 2, 0)
+    assert second["items"].rows_in == 0   # the snapshots live in the first day only
+
+
+def test_taobao_real_file_quirks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CRLF line ends, timestamps of 1970, negative, 2037 and 13 digits, a line longer than a block,
+    no line break after the last line."""
+    monkeypatch.setattr(importers, "TAOBAO_BLOCK_BYTES", 48)
+    lines = [b"1,100,5,pv,1511539200", b"1,101,5,pv,0", b"1,102,5,pv,-2134949234", b"1,103,5,buy,2122300000",
+             b"1,104,5,pv,1511539200000", b"2,105,6,cart,1511600000," + b"x" * 100, b"2,106,6,fav,1512316799"]
+    path = tmp_path / "UserBehavior.csv"
+    path.write_bytes(b"\r\n".join(lines))
+    landing = tmp_path / "landing"
+    summary = import_taobao(path, landing)
+    assert (summary.rows_in, summary.rows_written, summary.rows_rejected) == (7, 2, 5)
+    assert summary.days == ["2017-11-25", "2017-12-03"]
+    rejected = {int(r["source_line"]): (r["reason"], r["record"]) for r in _read_rejected(landing)}
+    assert rejected == {2: ("outside_window", "1,101,5,pv,0"), 3: ("outside_window", "1,102,5,pv,-2134949234"),
+                        4: ("outside_window", "1,103,5,buy,2122300000"),
+                        5: ("outside_window", "1,104,5,pv,1511539200000"),
+                        6: ("malformed_row (expected 5 fields, got 6)", lines[5].decode())}
+    assert [r["behavior"] for r in _partition(landing, "behaviors", "2017-12-03")] == ["fav"]
+
+
+def test_taobao_refuses_a_file_without_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importers, "TAOBAO_BLOCK_BYTES", 16)
+    monkeypatch.setattr(importers, "TAOBAO_MAX_LINE_BYTES", 64)
+    path = tmp_path / "UserBehavior.csv"
+    path.write_bytes(b"1,100,5,pv,1511539200\n" + bytes(range(11, 255)) * 2)
+    with pytest.raises(ValueError, match="not a UserBehavior.csv"):
+        import_taobao(path, tmp_path / "landing")
+    assert not list((tmp_path / "landing").rglob("*.parquet"))   # nothing half-written
+
+
+def test_taobao_import_then_ingest_beijing_days(taobao_file: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    cfg = load_config(overrides={"ingest.day_timezone": "Asia/Shanghai"})
+    import_taobao(taobao_file, cfg.paths.landing)
+    first, second = ingest(cfg, "2017-11-25").counts, ingest(cfg, "2017-11-26").counts
+    assert (first["behaviors"].rows_in, first["behaviors"].accepted, first["behaviors"].rejected) == (2, 2, 0)
+    assert (second["behaviors"].rows_in, second["behaviors"].accepted, second["behaviors"].rejected) == (2, 2, 0)
+    assert first["items"].accepted == 4
+
+
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"])
+def test_ratings_with_windows_or_old_mac_line_ends(ml100k: Path, tmp_path: Path, line_end: str) -> None:
+    (ml100k / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}{line_end}" for u, i, r, t in RATINGS),
+                                   newline="")
+    landing = tmp_path / "landing"
+    _check_ratings(landing, import_movielens(ml100k, landing))
