@@ -16,7 +16,7 @@ import platform
 import resource
 import tempfile
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 STAGES = ("ingest", "transform", "validate")
@@ -51,7 +51,7 @@ def run(events: int, seed: int, home: Path) -> dict:
     day_events = summary.per_ds["2024-01-02"]
     total = sum(timings.values())
     return {
-        "bench": "pipeline_day", "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bench": "pipeline_day", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "events_requested": events, "events_day": day_events, "users": users, "items": items,
         "synth_s": round(synth_s, 2), "stage_s": timings, "total_s": round(total, 2),
         "events_per_s": round(day_events / total), "peak_rss_mb": round(_peak_rss_mb()),
