@@ -14,7 +14,7 @@ import logging
 import duckdb
 
 from feature_store.spec import FeatureSpecs, Source, load_spec
-from recsys.warehouse import transaction
+from recsys.warehouse import table_exists, transaction
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,6 @@ def ensure_vocab_table(con: duckdb.DuckDBPyConnection) -> None:
     """Create `features.vocab` when missing (idempotent)."""
     con.execute("CREATE SCHEMA IF NOT EXISTS features")
     con.execute(VOCAB_DDL)
-
-
-def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
-    """Whether schema.table exists (table or view).
-
-    Reads the whole result: DuckDB 2.0 refuses `con.sql(...)` while an `execute()` result is unread.
-    """
-    schema, _, name = qualified.partition(".")
-    rows = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                       [schema, name]).fetchall()
-    return bool(rows[0][0])
 
 
 def require_vocab(con: duckdb.DuckDBPyConnection) -> None:
