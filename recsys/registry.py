@@ -75,13 +75,27 @@ def experiment_name(cfg: Config, name: str) -> str:
     return f"{cfg.mlflow.experiment_prefix}/{name}"
 
 
+def is_local_store(tracking_uri: str) -> bool:
+    """True for a tracking store on this machine (sqlite:///..., file:..., a plain path)."""
+    if "://" not in tracking_uri:  # a bare path is a local file store; "databricks" is not a path
+        return "/" in tracking_uri or tracking_uri.startswith((".", "~"))
+    return tracking_uri.split("://", 1)[0].lower() in ("file", "sqlite")
+
+
 def ensure_experiment(cfg: Config, name: str) -> str:
-    """The id of experiment `<prefix>/<name>`, created with its artifacts under cfg.paths.mlflow_artifacts."""
+    """The id of experiment `<prefix>/<name>`.
+
+    With a local store (sqlite/file URI) its artifacts go under cfg.paths.mlflow_artifacts; with a
+    tracking server (http/https/databricks) the server chooses (it serves or proxies the artifacts,
+    and a path on this machine would mean nothing to the other clients).
+    """
     client = configure(cfg)
     full_name = experiment_name(cfg, name)
     found = client.get_experiment_by_name(full_name)
     if found is not None:
         return found.experiment_id
+    if not is_local_store(cfg.tracking_uri):
+        return client.create_experiment(full_name)
     location = Path(cfg.paths.mlflow_artifacts) / cfg.mlflow.experiment_prefix / name
     location.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(full_name, artifact_location=location.resolve().as_uri())
