@@ -96,14 +96,19 @@ def test_window_skips_rows_and_snapshots_go_to_first_day_written(ml100k: Path, t
     assert _days(landing, "behaviors") == _days(landing, "users") == _days(landing, "items") == ["1998-01-02"]
 
 
-def test_ml1m_double_colon_files(tmp_path: Path) -> None:
-    folder = tmp_path / "ml-1m"
+def _write_ml1m(folder: Path, users: str, movies: str) -> Path:
+    """An ML-1M release folder: RATINGS as ratings.dat, `users` and latin-1 `movies` in '::' form."""
     folder.mkdir()
     (folder / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in RATINGS))
-    (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
-    movies = ("10::Misérables, Les (1995)::Drama|Musical\n"
-              "20::Toy Story (1995)::Animation|Children's|Comedy\n30::Heat (1995)::Action\n")
+    (folder / "users.dat").write_text(users)
     (folder / "movies.dat").write_bytes(movies.encode("latin-1"))
+    return folder
+
+
+def test_ml1m_double_colon_files(tmp_path: Path) -> None:
+    folder = _write_ml1m(tmp_path / "ml-1m", "1::F::1::10::48067\n2::M::56::16::70072\n",
+                         "10::Misérables, Les (1995)::Drama|Musical\n"
+                         "20::Toy Story (1995)::Animation|Children's|Comedy\n30::Heat (1995)::Action\n")
     landing = tmp_path / "landing"
     summary = import_movielens(folder, landing)
     assert summary.source_format == "ml-1m"
@@ -366,13 +371,10 @@ def test_original_ml100k_equals_atomic_files(ml100k_zip: Path, tmp_path: Path) -
 
 
 def test_ml1m_release_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "ml-1m"
-    folder.mkdir()
-    (folder / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in RATINGS))
-    (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::98107-2117\n")
-    movies = ("10::Star Wars: Episode IV - A New Hope (1977)::Action|Adventure|Fantasy|Sci-Fi\n"
-              "20::Misérables, Les (1995)::Drama|Musical\n30::Children's Crusade (1995)::Children's|Drama\n")
-    (folder / "movies.dat").write_bytes(movies.encode("latin-1"))
+    folder = _write_ml1m(tmp_path / "ml-1m", "1::F::1::10::48067\n2::M::56::16::98107-2117\n",
+                         "10::Star Wars: Episode IV - A New Hope (1977)::Action|Adventure|Fantasy|Sci-Fi\n"
+                         "20::Misérables, Les (1995)::Drama|Musical\n"
+                         "30::Children's Crusade (1995)::Children's|Drama\n")
     (folder / "README").write_text("These files contain 1,000,209 anonymous ratings\n")
     landing = tmp_path / "landing"
     summary = import_movielens(tmp_path, landing)   # the folder ml-1m.zip was unpacked into
