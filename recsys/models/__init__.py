@@ -1,6 +1,6 @@
 """Ranking models: a registry name -> class and `build_model`.
 
-A new model (DIEN, DSIN) subclasses `RankingModel`, accepts the common arguments of `build_model`
+A new model subclasses `RankingModel`, accepts the common arguments of `build_model`
 (feature map, embed_dim, attention_hidden, mlp_hidden) plus its own typed keyword options, and adds
 itself to MODELS.
 """
@@ -11,12 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from recsys.models.base import Base, ModelOutput, RankingModel
+from recsys.models.dien import DIEN
 from recsys.models.din import DIN
+from recsys.models.dsin import DSIN
 from recsys.models.features import Feature, FeatureMap
 
-MODELS: dict[str, type[RankingModel]] = {"base": Base, "din": DIN}
+MODELS: dict[str, type[RankingModel]] = {"base": Base, "din": DIN, "dien": DIEN, "dsin": DSIN}
 
-__all__ = ["MODELS", "DIN", "Base", "Feature", "FeatureMap", "ModelOutput", "RankingModel", "build_model"]
+__all__ = ["MODELS", "DIEN", "DIN", "DSIN", "Base", "Feature", "FeatureMap", "ModelOutput", "RankingModel",
+           "build_model"]
 
 
 def build_model(name: str, feature_map: FeatureMap | dict[str, Any], embed_dim: int = 16,

@@ -29,19 +29,38 @@ class RankingModel(nn.Module, ABC):
     """A CTR model over a feature map: `forward(batch) -> ModelOutput`.
 
     A batch is a dict of tensors keyed by feature name: categorical LongTensor [B], numeric
-    FloatTensor [B], sequences LongTensor [B, T] (oldest first, 0 = padding at the end) and the
-    feature map's length key, LongTensor [B]. Subclasses build their layers in `__init__` and
-    compose them in `forward`.
+    FloatTensor [B], sequences (histories and their sampled negatives) LongTensor [B, T] (oldest
+    first, 0 = padding at the end), sessions LongTensor [B, S, L] (0 = padding) and the feature map's
+    length key, LongTensor [B]. A model reads the keys it needs (features absent from a batch, such as
+    the training-only negatives at scoring time, are skipped where the model can do without them).
+    Subclasses build their layers in `__init__` and compose them in `forward`.
     """
 
-    def __init__(self, feature_map: FeatureMap, embed_dim: int) -> None:
+    def __init__(self, feature_map: FeatureMap, embed_dim: int, behaviours: str = "history",
+                 extra: Sequence[str] = ()) -> None:
+        """`behaviours`: "history" or "sessions" (see FeatureEmbedding); `extra`: further features read."""
         super().__init__()
         self.feature_map = feature_map
-        self.embedding = FeatureEmbedding(feature_map, embed_dim)
+        self.embedding = FeatureEmbedding(feature_map, embed_dim, behaviours=behaviours, extra=extra)
 
     @abstractmethod
     def forward(self, batch: Mapping[str, Tensor]) -> ModelOutput:
         """Logits [B] (plus attention [B, T] and an auxiliary loss where the model has them)."""
+
+    def score_candidates(self, users: Mapping[str, Tensor], candidates: Mapping[str, Tensor]) -> ModelOutput:
+        """Score C candidates for each of U users (eval mode): logits [U, C], attention [U, C, T] or None.
+
+        users: every input that does not vary with the candidate (profile, context, histories [U, T],
+        the length key [U]); candidates: the target-role features [U, C] (pad short lists with any
+        valid id and ignore their scores). This reference expands every user C times and calls
+        `forward`; models override it to compute the user side once per user instead of once per pair.
+        """
+        n_users, n_cand = next(iter(candidates.values())).shape
+        batch = {k: v.repeat_interleave(n_cand, dim=0) for k, v in users.items()}
+        batch.update({k: v.reshape(n_users * n_cand) for k, v in candidates.items()})
+        out = self(batch)
+        attention = None if out.attention is None else out.attention.reshape(n_users, n_cand, -1)
+        return ModelOutput(logits=out.logits.reshape(n_users, n_cand), attention=attention)
 
     def regularization(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Mini-batch aware L2 on the embedding rows the batch touches (see FeatureEmbedding); a scalar.
@@ -65,7 +84,18 @@ class Base(RankingModel):
 
     def forward(self, batch: Mapping[str, Tensor]) -> ModelOutput:
         e = self.embedding(batch)
-        valid = e.mask.to(e.keys.dtype).unsqueeze(1)  # [B, 1, T]
-        pooled = valid.bmm(e.keys).squeeze(1)  # [B, D]: sum over valid positions
-        logits = self.mlp(torch.cat([e.dense, e.query, pooled], dim=-1)).squeeze(-1)
+        logits = self.mlp(torch.cat([e.dense, e.query, sum_pool(e.keys, e.mask)], dim=-1)).squeeze(-1)
         return ModelOutput(logits=logits)
+
+    def score_candidates(self, users: Mapping[str, Tensor], candidates: Mapping[str, Tensor]) -> ModelOutput:
+        """As `RankingModel.score_candidates`; the history sum is computed once per user."""
+        if self.training:  # Dice's batch statistics would see a different batch
+            return super().score_candidates(users, candidates)
+        e = self.embedding.pairs(users, candidates)
+        pooled = sum_pool(e.keys, e.mask).unsqueeze(1).expand_as(e.query)  # [U, C, D]
+        return ModelOutput(logits=self.mlp(torch.cat([e.dense, e.query, pooled], dim=-1)).squeeze(-1))
+
+
+def sum_pool(keys: Tensor, mask: Tensor) -> Tensor:
+    """Sum of the behaviours over valid positions: keys [B, T, D], mask bool [B, T] -> [B, D]."""
+    return mask.to(keys.dtype).unsqueeze(1).bmm(keys).squeeze(1)

@@ -40,5 +40,18 @@ class DIN(RankingModel):
         e = self.embedding(batch)
         weights = self.attention(e.query, e.keys, e.mask)  # [B, T], 0 on padding
         pooled = weights.unsqueeze(1).bmm(e.keys).squeeze(1)  # [B, D]
-        logits = self.mlp(torch.cat([e.dense, e.query, pooled, pooled * e.query], dim=-1)).squeeze(-1)
-        return ModelOutput(logits=logits, attention=weights)
+        return ModelOutput(logits=self._logits(e.dense, e.query, pooled), attention=weights)
+
+    def score_candidates(self, users: Mapping[str, Tensor], candidates: Mapping[str, Tensor]) -> ModelOutput:
+        """As `RankingModel.score_candidates`, but the history is embedded and its keys projected once per
+        user; the C candidates of a user share them (ActivationUnit with queries [U, C, D])."""
+        if self.training:  # Dice's batch statistics would see a different batch
+            return super().score_candidates(users, candidates)
+        e = self.embedding.pairs(users, candidates)
+        weights = self.attention(e.query, e.keys, e.mask)  # [U, C, T]
+        pooled = weights.bmm(e.keys)  # [U, C, D]
+        return ModelOutput(logits=self._logits(e.dense, e.query, pooled), attention=weights)
+
+    def _logits(self, dense: Tensor, query: Tensor, pooled: Tensor) -> Tensor:
+        """MLP on `[dense, q, v, v * q]`: [..., F], [..., D], [..., D] -> logits [...]."""
+        return self.mlp(torch.cat([dense, query, pooled, pooled * query], dim=-1)).squeeze(-1)

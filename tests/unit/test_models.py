@@ -1,9 +1,10 @@
-"""Unit tests of the model layer: feature map, layers, Base and DIN (small, seeded, CPU)."""
+"""Unit tests of the model layer: feature map, layers, every model's common behaviour (small, seeded, CPU)."""
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,18 +17,26 @@ from recsys.models.din import DIN
 from recsys.models.layers import MLP, ActivationUnit, Dice, FeatureEmbedding
 
 E, B, T = 4, 6, 7
+S, L = 3, 4  # max_sessions, max_len of the session features
 VOCAB = {"item": 40, "category": 9, "age": 5, "gender": 4, "occupation": 6, "hour": 26, "weekday": 9}
 
 
-def map_dict(max_len: int = T) -> dict:
-    """The pipeline's feature map shape (plus a numeric target feature)."""
+def map_dict(max_len: int = T, extended: bool = True) -> dict:
+    """The pipeline's feature map shape (plus a numeric target feature); `extended` adds the negative
+    histories (DIEN) and the session features (DSIN) of the contract."""
     cat = [("item_id", "item", "target"), ("category", "category", "target"), ("age", "age", "user"),
            ("gender", "gender", "user"), ("occupation", "occupation", "user"), ("hour", "hour", "context"),
            ("weekday", "weekday", "context")]
     features = [{"name": n, "kind": "categorical", "group": g, "role": r} for n, g, r in cat]
     features.append({"name": "price", "kind": "numeric", "group": None, "role": "target"})
+    pairs = (("item_id", "item"), ("category", "category"))
     features += [{"name": f"{t}_history", "kind": "sequence", "group": g, "role": "history", "max_len": max_len,
-                  "target": t} for t, g in (("item_id", "item"), ("category", "category"))]
+                  "target": t} for t, g in pairs]
+    if extended:
+        features += [{"name": f"neg_{t}_history", "kind": "sequence", "group": g, "role": "negative_history",
+                      "max_len": max_len, "positive": f"{t}_history"} for t, g in pairs]
+        features += [{"name": f"session_{g}_ids", "kind": "session", "group": g, "role": "sessions", "max_len": L,
+                      "target": t, "max_sessions": S} for t, g in pairs]
     return {"features": features, "vocab_sizes": dict(VOCAB), "label": "label", "length": "history_length"}
 
 
@@ -36,28 +45,51 @@ def fmap() -> FeatureMap:
     return FeatureMap.from_dict(map_dict())
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine two spinning threads slow these tiny ops ~50x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_batch(fmap: FeatureMap, batch: int = B, length: int = T, seed: int = 0,
-               lengths: list[int] | None = None) -> dict[str, torch.Tensor]:
-    """Random ids per the map; histories left-aligned with 0 padding after `history_length`."""
+               lengths: list[int] | None = None, sessions: tuple[int, int] = (S, L),
+               session_counts: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Random ids per the map; histories (and their negatives) left-aligned with 0 padding after
+    `history_length`; sessions [batch, *sessions], each row `session_counts` non-empty sessions first
+    (random if None), each of 1.. sessions[1] behaviours."""
     g = torch.Generator().manual_seed(seed)
     n = torch.tensor(lengths) if lengths is not None else torch.randint(0, length + 1, (batch,), generator=g)
     valid = torch.arange(length).unsqueeze(0) < n.unsqueeze(1)
+    n_sess, sess_len = sessions
+    counts = (torch.tensor(session_counts) if session_counts is not None
+              else torch.randint(0, n_sess + 1, (batch,), generator=g))
+    per_session = torch.randint(1, sess_len + 1, (batch, n_sess), generator=g)
+    in_session = torch.arange(sess_len).view(1, 1, -1) < per_session.unsqueeze(-1)
+    session_valid = in_session & (torch.arange(n_sess).view(1, -1, 1) < counts.view(-1, 1, 1))
     out: dict[str, torch.Tensor] = {fmap.length: n, fmap.label: torch.randint(0, 2, (batch,), generator=g).float()}
     for f in fmap.features:
         if f.kind == "numeric":
             out[f.name] = torch.rand(batch, generator=g)
             continue
         high = fmap.vocab_sizes[str(f.group)]
-        shape = (batch, length) if f.kind == "sequence" else (batch,)
+        shape = {"sequence": (batch, length), "session": (batch, n_sess, sess_len)}.get(f.kind, (batch,))
         ids = torch.randint(1, high, shape, generator=g)
-        out[f.name] = ids * valid if f.kind == "sequence" else ids
+        mask = {"sequence": valid, "session": session_valid}.get(f.kind)
+        out[f.name] = ids if mask is None else ids * mask
     return out
 
 
-def pad_more(batch: dict[str, torch.Tensor], fmap: FeatureMap, extra: int) -> dict[str, torch.Tensor]:
+def pad_more(batch: dict[str, torch.Tensor], fmap: FeatureMap, extra: int, sessions: int = 0,
+             session_len: int = 0) -> dict[str, torch.Tensor]:
+    """More padding: `extra` positions after every sequence, empty sessions and positions after the sessions."""
     out = dict(batch)
     for f in fmap.sequences:
         out[f.name] = F.pad(batch[f.name], (0, extra))
+    for f in fmap.sessions:
+        out[f.name] = F.pad(batch[f.name], (0, session_len, 0, sessions))
     return out
 
 
@@ -68,21 +100,54 @@ def test_feature_map_round_trip_and_layout(fmap: FeatureMap) -> None:
     assert FeatureMap.from_dict(fmap.to_dict()) == fmap
     assert fmap.to_dict() == map_dict()
     assert fmap.groups == ("item", "category", "age", "gender", "occupation", "hour", "weekday")
-    assert [f.name for f in fmap.sequences] == ["item_id_history", "category_history"]
+    assert [f.name for f in fmap.histories] == ["item_id_history", "category_history"]
+    assert [f.name for f in fmap.sequences] == ["item_id_history", "category_history", "neg_item_id_history",
+                                                "neg_category_history"]
+    assert fmap.negative_of("category_history").name == "neg_category_history"
+    assert [f.name for f in fmap.sessions] == ["session_item_ids", "session_category_ids"]
     assert fmap.inputs[-1] == "history_length"
+    session = fmap.to_dict()["features"][-1]
+    assert session == {"name": "session_category_ids", "kind": "session", "group": "category", "role": "sessions",
+                       "max_len": L, "target": "category", "max_sessions": S}
+    assert fmap.to_dict()["features"][-3]["positive"] == "category_history"
 
 
-@pytest.mark.parametrize("change", ["target_group", "missing_vocab", "bad_kind", "history_not_sequence"])
+def test_feature_maps_without_the_new_kinds_stay_valid() -> None:
+    plain = FeatureMap.from_dict(map_dict(extended=False))
+    assert plain.to_dict() == map_dict(extended=False) and not plain.negatives and not plain.sessions
+    assert all("positive" not in f and "max_sessions" not in f for f in plain.to_dict()["features"])
+
+
+def _feature(raw: dict, name: str) -> dict:
+    return next(f for f in raw["features"] if f["name"] == name)
+
+
+MAP_ERRORS = {
+    "target_group": lambda raw: _feature(raw, "category_history").update(target="item_id"),
+    "missing_vocab": lambda raw: raw["vocab_sizes"].pop("hour"),
+    "bad_kind": lambda raw: _feature(raw, "item_id").update(kind="embedding"),
+    "history_not_sequence": lambda raw: _feature(raw, "age").update(role="history"),
+    "negative_without_positive": lambda raw: _feature(raw, "neg_item_id_history").pop("positive"),
+    "negative_of_unknown": lambda raw: _feature(raw, "neg_item_id_history").update(positive="nope"),
+    "negative_other_group": lambda raw: _feature(raw, "neg_item_id_history").update(positive="category_history"),
+    "negative_other_length": lambda raw: _feature(raw, "neg_item_id_history").update(max_len=T + 1),
+    "negative_of_negative": lambda raw: _feature(raw, "neg_item_id_history").update(positive="neg_item_id_history"),
+    "two_negatives_one_history": lambda raw: _feature(raw, "neg_category_history").update(
+        positive="item_id_history", group="item"),
+    "session_without_max_sessions": lambda raw: _feature(raw, "session_item_ids").pop("max_sessions"),
+    "session_zero_max_len": lambda raw: _feature(raw, "session_item_ids").update(max_len=0),
+    "session_without_target": lambda raw: _feature(raw, "session_item_ids").pop("target"),
+    "session_target_group": lambda raw: _feature(raw, "session_item_ids").update(target="category"),
+    "session_shapes_differ": lambda raw: _feature(raw, "session_item_ids").update(max_sessions=S + 1),
+    "session_as_history": lambda raw: _feature(raw, "session_item_ids").update(role="history"),
+    "sequence_as_sessions": lambda raw: _feature(raw, "item_id_history").update(role="sessions", max_sessions=S),
+}
+
+
+@pytest.mark.parametrize("change", sorted(MAP_ERRORS))
 def test_feature_map_rejects_inconsistent_maps(change: str) -> None:
     raw = map_dict()
-    if change == "target_group":
-        raw["features"][-1]["target"] = "item_id"  # category history against the item target
-    elif change == "missing_vocab":
-        del raw["vocab_sizes"]["hour"]
-    elif change == "bad_kind":
-        raw["features"][0]["kind"] = "embedding"
-    else:
-        raw["features"][2]["role"] = "history"
+    MAP_ERRORS[change](raw)
     with pytest.raises(ValueError):
         FeatureMap.from_dict(raw)
 
@@ -173,27 +238,36 @@ def test_dice_masked_statistics_ignore_padding() -> None:
 def test_model_output_shapes(name: str, fmap: FeatureMap) -> None:
     model = build_model(name, fmap, embed_dim=E, attention_hidden=(8, 4), mlp_hidden=(16, 8))
     out = model(make_batch(fmap))
-    assert isinstance(out, ModelOutput) and out.logits.shape == (B,) and out.aux_loss is None
-    assert (out.attention is None) == (name == "base")
+    assert isinstance(out, ModelOutput) and out.logits.shape == (B,)
+    assert (out.aux_loss is None) == (name != "dien")  # training mode: DIEN's auxiliary loss
+    if out.aux_loss is not None:
+        assert out.aux_loss.shape == () and out.aux_loss > 0
+    assert (out.attention is None) == (name in ("base", "dsin"))  # DSIN attends sessions, not positions
     if out.attention is not None:
         assert out.attention.shape == (B, T)
     assert model.regularization(make_batch(fmap)).shape == ()
+    model.eval()
+    assert model(make_batch(fmap)).aux_loss is None  # the auxiliary loss is a training signal only
 
 
 MODEL_VARIANTS = [("base", {}), ("din", {}), ("din", {"activation": "dice"}),
-                  ("din", {"softmax": True}), ("din", {"attention": "dot"}), ("din", {"attention": "bilinear"})]
+                  ("din", {"softmax": True}), ("din", {"attention": "dot"}), ("din", {"attention": "bilinear"}),
+                  ("dien", {}), ("dien", {"evolution": "agru"}), ("dien", {"evolution": "aigru"}),
+                  ("dien", {"attention": "bilinear", "activation": "dice"}), ("dsin", {}),
+                  ("dsin", {"activation": "dice", "heads": 4}), ("dsin", {"attention": "dot", "softmax": False})]
 
 
 @pytest.mark.parametrize(("name", "options"), MODEL_VARIANTS)
 def test_extra_padding_does_not_change_outputs(name: str, options: dict, fmap: FeatureMap) -> None:
     torch.manual_seed(0)
     model = build_model(name, fmap, embed_dim=E, attention_hidden=(8, 4), mlp_hidden=(16, 8), **options)
-    batch = make_batch(fmap, lengths=[0, 1, 3, 7, 7, 2])
+    batch = make_batch(fmap, lengths=[0, 1, 3, 7, 7, 2], sessions=(S - 1, L - 1), session_counts=[0, 1, 2, 2, 1, 0])
     model.train()
     model(batch)  # moves Dice's running statistics away from their initial values
     model.eval()
     with torch.no_grad():
-        short, long = model(batch), model(pad_more(batch, fmap, 5))
+        short, long = model(batch), model(pad_more(batch, fmap, 5, sessions=1, session_len=1))
+    assert torch.isfinite(short.logits).all()
     assert torch.allclose(short.logits, long.logits, atol=1e-5)
     if short.attention is not None:
         assert long.attention.shape == (B, T + 5)
@@ -219,6 +293,8 @@ def test_every_parameter_gets_a_gradient(name: str, options: dict, fmap: Feature
     batch = make_batch(fmap, batch=32, lengths=[(i % T) + 1 for i in range(32)])
     out = model(batch)
     loss = F.binary_cross_entropy_with_logits(out.logits, batch["label"]) + 1e-3 * model.regularization(batch)
+    if out.aux_loss is not None:
+        loss = loss + out.aux_loss
     loss.backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, pname
@@ -293,13 +369,21 @@ def test_state_dict_round_trip_rebuilds_the_same_model(fmap: FeatureMap) -> None
 # --------------------------------------------------------------------------- regularization
 
 
-def test_mini_batch_aware_l2_penalises_only_touched_rows(fmap: FeatureMap) -> None:
-    model = build_model("din", fmap, embed_dim=E)
+# which batch keys each model embeds (and so penalises): DIN reads no negatives or sessions, DIEN the
+# negatives (auxiliary loss) too, DSIN the sessions instead of the flat histories
+READS = {"din": ("categorical", "history"), "dien": ("categorical", "history", "negative_history"),
+         "dsin": ("categorical", "sessions")}
+
+
+@pytest.mark.parametrize("name", sorted(READS))
+def test_mini_batch_aware_l2_penalises_only_touched_rows(name: str, fmap: FeatureMap) -> None:
+    model = build_model(name, fmap, embed_dim=E)
     batch = make_batch(fmap, lengths=[0, 1, 3, 7, 7, 2])
+    read = [f.name for f in fmap.features if f.kind in READS[name] or f.role in READS[name]]
     reg = model.regularization(batch)
     expected = 0.0
     for group in fmap.groups:
-        ids = torch.cat([batch[f.name].reshape(-1) for f in fmap.features if f.group == group])
+        ids = torch.cat([batch[f.name].reshape(-1) for f in fmap.features if f.group == group and f.name in read])
         rows, counts = torch.unique(ids[ids > 0], return_counts=True)
         weight = model.embedding.table(group).weight
         expected += (weight[rows].square().sum(1) / counts).sum()
@@ -307,9 +391,14 @@ def test_mini_batch_aware_l2_penalises_only_touched_rows(fmap: FeatureMap) -> No
     reg.backward()
     item_grad = model.embedding.table("item").weight.grad
     touched = torch.zeros(VOCAB["item"], dtype=torch.bool)
-    touched[torch.cat([batch["item_id"], batch["item_id_history"].reshape(-1)])] = True
+    touched[torch.cat([batch[n].reshape(-1) for n in read if fmap.get(n).group == "item"])] = True
     touched[0] = False
     assert torch.all(item_grad[touched].abs().sum(1) > 0) and torch.all(item_grad[~touched] == 0)
+    only_unread = torch.zeros(VOCAB["item"], dtype=torch.bool)  # rows only features the model ignores touch
+    only_unread[torch.cat([batch[f.name].reshape(-1) for f in fmap.features if f.group == "item"])] = True
+    only_unread &= ~touched
+    only_unread[0] = False
+    assert only_unread.any()  # so the line above did check that they are not penalised
 
 
 def test_mini_batch_aware_l2_with_data_frequencies(fmap: FeatureMap) -> None:
@@ -320,7 +409,8 @@ def test_mini_batch_aware_l2_with_data_frequencies(fmap: FeatureMap) -> None:
     model.embedding.set_frequencies(frequencies)
     expected = 0.0
     for group in fmap.groups:
-        ids = torch.cat([batch[f.name].reshape(-1) for f in fmap.features if f.group == group])
+        ids = torch.cat([batch[f.name].reshape(-1) for f in fmap.features
+                         if f.group == group and f.role not in ("negative_history", "sessions")])
         rows = torch.unique(ids[ids > 0])
         expected += model.embedding.table(group).weight[rows].square().sum() / 10.0
     assert torch.allclose(model.regularization(batch), expected)
