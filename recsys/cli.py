@@ -82,7 +82,8 @@ def validate(ds: DsOpt, config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 @app.command()
-def train(ds: DsOpt, model: Annotated[str | None, typer.Option(help="base | din (default: config).")] = None,
+def train(ds: DsOpt,
+          model: Annotated[str | None, typer.Option(help="din | dien | dsin | base (default: train.model).")] = None,
           config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Train a model on the window ending at ds, log it to MLflow and register it."""
     _stage("train", ds, config, set_, model_name=model)
@@ -90,7 +91,7 @@ def train(ds: DsOpt, model: Annotated[str | None, typer.Option(help="base | din 
 
 @app.command()
 def promote(ds: DsOpt, config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Move @champion to the newest model only if it beats the champion on ds."""
+    """Move @champion to ds's best challenger only if it beats the champion's GAUC on ds by promote.margin."""
     _stage("promote", ds, config, set_)
 
 
@@ -141,20 +142,41 @@ def summary(config: ConfigOpt = None) -> None:
 @app.command()
 def sql(query: Annotated[str, typer.Argument(help="SQL to run on a read-only connection.")],
         config: ConfigOpt = None) -> None:
-    """Query the warehouse read-only (writes are refused by DuckDB)."""
-    from recsys.warehouse import connect
+    """Query the warehouse read-only: no writes, no files (COPY TO, ATTACH), no extensions.
+
+    While a pipeline stage writes, the query runs on the read snapshot the writer last published
+    (said on stderr) instead of failing on DuckDB's file lock.
+    """
+    from recsys.warehouse import reader
 
     try:
-        con = connect(_config(config), read_only=True)
-        try:
+        with reader(_config(config)) as (con, source):
             cur = con.execute(query)
             columns = [d[0] for d in cur.description or []]
             rows = cur.fetchall()
-        finally:
-            con.close()
     except Exception as exc:
         _fail(exc)
+    if source != "live":
+        err_console.print(f"note: a pipeline stage is writing; read from the {source}")
     _print_table(None, columns, rows)
+
+
+@app.command()
+def status(ds: DsOpt, config: ConfigOpt = None,
+           mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Read the model registry.")] = True,
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
+    """Which stages ran for ds, rows per table, the champion and the last metrics (read-only)."""
+    from recsys.status import collect, render
+
+    try:
+        with err_console.status(f"reading the warehouse{' and MLflow' if mlflow else ''} for ds={ds} ..."):
+            result = collect(_config(config), ds, with_mlflow=mlflow)
+    except Exception as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(result.to_json())
+    else:
+        render(result, console)
 
 
 def _print_table(title: str | None, columns: list[str], rows: list[tuple]) -> None:

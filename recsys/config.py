@@ -49,8 +49,21 @@ class FeatureConfig:
     history_max_len: int = 50
     negatives_per_positive: int = 4
     negative_seed: int = 2024
+    popularity_negatives_per_positive: int = 2  # of negatives_per_positive, drawn by popularity^exponent
+    popularity_exponent: float = 0.75     # weight of an item = its 30-day events ** exponent (word2vec's 0.75)
+    dsin_max_sessions: int = 5            # DSIN: the most recent S sessions ...
+    dsin_session_len: int = 10            # ... of at most L behaviours each
     candidates_per_user: int = 200
     candidate_window_days: int = 30
+    covisitation_seeds: int = 3           # the user's most recent distinct items whose co-visits are candidates
+    covisitation_neighbours: int = 10     # co-visited items kept per item
+    candidates_include_touched: bool = False  # True: items the user already touched may be candidates
+
+    def __post_init__(self) -> None:
+        # fail at load time, not minutes later inside dbt's compilation of training_examples
+        if not 0 <= self.popularity_negatives_per_positive <= self.negatives_per_positive:
+            raise ValueError(f"features.popularity_negatives_per_positive ({self.popularity_negatives_per_positive}) "
+                             f"must be between 0 and features.negatives_per_positive ({self.negatives_per_positive})")
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,8 @@ class ValidateConfig:
     # a ds's raw row count must lie within these multiples of the previous ds's count
     min_row_ratio: float = 0.2
     max_row_ratio: float = 5.0
+    # a null rate (profile fields, catalogue attributes) may exceed the previous ds's by at most this
+    max_null_rate_increase: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,12 +90,14 @@ class TrainConfig:
     num_threads: int = 2
     l2_reg: float = 1e-5             # weight of the mini-batch aware L2 on embedding rows
     aux_loss_weight: float = 1.0     # DIEN's auxiliary loss weight (alpha in the paper)
+    models: tuple[str, ...] = ("din", "base")  # enabled models: one train task each; the best one is promoted
+    patience: int = 2                # early stopping: epochs without a better validation GAUC before stopping
 
 
 @dataclass(frozen=True)
 class PromoteConfig:
     metric: str = "gauc"
-    min_improvement: float = 0.0
+    margin: float = 0.0              # the challenger must beat the champion's metric by more than this
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,20 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
+class AirflowConfig:
+    """How the DAG `recsys_daily` is scheduled (read when the DAG file is parsed)."""
+
+    schedule: str = "@daily"
+    start_date: str = "2024-01-01"      # the first ds the DAG knows about (set it to your first landing day)
+    catchup: bool = False               # true: unpausing runs every ds from start_date; false: only the latest
+    end_date: str | None = None         # last ds to schedule (a finite historical data set); None = no end
+    retries: int = 2
+    retry_delay_seconds: int = 30       # first retry delay; doubles each retry (exponential backoff)
+    max_retry_delay_seconds: int = 600
+    pool: str = "recsys_duckdb"         # one slot: one DuckDB writer at a time
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline configuration; pass it (not globals) to every stage."""
 
@@ -113,6 +144,7 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    airflow: AirflowConfig = field(default_factory=AirflowConfig)
 
     @property
     def tracking_uri(self) -> str:
@@ -178,6 +210,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         "score": ScoreConfig,
         "evaluate": EvaluateConfig,
         "mlflow": MlflowConfig,
+        "airflow": AirflowConfig,
     }
     unknown = set(raw) - set(sections) - {"home", "paths"}
     if unknown:

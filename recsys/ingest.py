@@ -101,7 +101,11 @@ def _string_table(columns: dict[str, pa.Array], lines: pa.Array, errors: pa.Arra
 
 
 def _decode(arr: pa.Array) -> tuple[pa.Array, list[int]]:
-    """Binary -> UTF-8 strings; rows with invalid bytes become null and are reported by index."""
+    """Binary -> UTF-8 strings; rows with invalid bytes are reported by index.
+
+    Their text is kept with U+FFFD in place of the bad bytes: the row is rejected anyway (the caller
+    sets its error), and the rejected record then still shows what the file held.
+    """
     try:
         return pc.cast(arr, pa.string()), []
     except pa.ArrowInvalid:
@@ -111,13 +115,14 @@ def _decode(arr: pa.Array) -> tuple[pa.Array, list[int]]:
             try:
                 values.append(None if raw is None else raw.decode("utf-8"))
             except UnicodeDecodeError:
-                values.append(None)
+                values.append(raw.decode("utf-8", errors="replace"))
                 bad.append(i)
         return pa.array(values, pa.string()), bad
 
 
 def _read_csv(path: Path, entity: str) -> pa.Table:
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
         header = next(csv.reader(fh), None)
     if not header:
         return _empty(entity)
@@ -139,12 +144,43 @@ def _read_csv(path: Path, entity: str) -> pa.Table:
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in header}),
     )
-    # pyarrow numbers physical lines from 1 counting the header; the good rows are the lines it did
-    # not report as malformed, in order (ignore_empty_lines=False keeps this exact).
+    # pyarrow numbers records from 1 counting the header; the good rows are the records it did not
+    # report as malformed, in order (ignore_empty_lines=False keeps this exact). A record is one
+    # physical line unless a quoted value holds a line break: then map records to their first line.
     total = table.num_rows + len(malformed)
-    bad_lines = {m[0] for m in malformed}
-    good_lines = [n for n in range(2, total + 2) if n not in bad_lines]
-    return _assemble(entity, table, good_lines, malformed)
+    bad_records = {m[0] for m in malformed}
+    good = [n for n in range(2, total + 2) if n not in bad_records]
+    first_line = _record_lines(path, total + 1)
+    if first_line is not None:
+        good = [first_line[n - 1] for n in good]
+        malformed = [(first_line[n - 1], text, reason) for n, text, reason in malformed]
+    return _assemble(entity, table, good, malformed)
+
+
+def _physical_lines(path: Path) -> int:
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def _record_lines(path: Path, records: int) -> list[int] | None:
+    """First physical line (1-based) of each CSV record, header included; None when every record is
+    one line (the common case, decided by counting line breaks, without parsing)."""
+    if _physical_lines(path) == records:
+        return None
+    starts, end = [], 0
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        reader = csv.reader(fh)
+        for _ in reader:
+            starts.append(end + 1)
+            end = reader.line_num
+    if len(starts) != records:  # the two parsers disagree (odd quoting): keep record numbers
+        log.warning("%s: cannot map CSV records to lines; rejects name record numbers", path)
+        return None
+    return starts
 
 
 def _assemble(entity: str, table: pa.Table, good_lines: list[int],
@@ -224,6 +260,10 @@ def _read_parquet(path: Path, entity: str) -> pa.Table:
         col = table.column(name).combine_chunks()
         if pa.types.is_timestamp(col.type) and col.type.tz is not None:
             col = pc.cast(col, pa.timestamp("us", "UTC"))  # strings then carry a Z: parsed as UTC
+        if pa.types.is_nested(col.type) or pa.types.is_dictionary(col.type) and \
+                pa.types.is_nested(col.type.value_type):
+            raise IngestError(f"{path}: column {name} has type {col.type}, expected a scalar "
+                              f"(rule: column_type)")
         columns[name] = pc.cast(col, pa.string())
     lines = pa.array(range(1, table.num_rows + 1), pa.int64())
     return _string_table(columns, lines, pa.nulls(table.num_rows, pa.string()))
@@ -272,6 +312,11 @@ def _not_numeric(col: str) -> str:
     return f"{_clean(col)} IS NOT NULL AND try_cast({_clean(col)} AS DOUBLE) IS NULL"
 
 
+def _not_finite(col: str) -> str:
+    # 'NaN', 'inf' and '1e999' cast to DOUBLE; none is a usable rating or price
+    return f"NOT isfinite(try_cast({_clean(col)} AS DOUBLE))"
+
+
 def _ts_expr() -> str:
     v = _clean("ts")
     # unix seconds or ISO-8601 (naive = UTC; the session time zone is UTC, offsets are honoured)
@@ -298,21 +343,22 @@ def _typed(entity: str) -> dict[str, str]:
     return exprs
 
 
-def _rules(entity: str, behaviors: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(reason, condition) pairs checked in order; `ds` is bound as parameter $ds."""
+def _rules(entity: str) -> list[tuple[str, str]]:
+    """(reason, condition) pairs checked in order; ds, time zone and behaviours are bound ($ds, $tz,
+    $behaviors): only constants of this module are written into the SQL text."""
     all_null = " AND ".join(f"{_clean(c)} IS NULL" for c, _ in COLUMNS[entity])
     rules = [("empty_row", all_null)]
     if entity == "behaviors":
-        allowed = ", ".join(f"'{b}'" for b in behaviors)  # from config, not from user data
         ts = _ts_expr()
         rules += _id_rules("user_id") + _id_rules("item_id") + [
             ("behavior_null", f"{_clean('behavior')} IS NULL"),
-            ("behavior_unknown", f"lower({_clean('behavior')}) NOT IN ({allowed})"),
+            ("behavior_unknown", f"NOT list_contains($behaviors, lower({_clean('behavior')}))"),
             ("ts_null", f"{_clean('ts')} IS NULL"),
             ("ts_unparseable", f"({ts}) IS NULL"),
             # ds is the local date of ts in ingest.day_timezone (UTC unless configured)
             ("ts_outside_ds", f"timezone($tz, ({ts})::TIMESTAMPTZ)::DATE <> $ds::DATE"),
             ("value_not_numeric", _not_numeric("value")),
+            ("value_not_finite", _not_finite("value")),
         ]
     elif entity == "users":
         rules += _id_rules("user_id") + [
@@ -323,6 +369,7 @@ def _rules(entity: str, behaviors: tuple[str, ...]) -> list[tuple[str, str]]:
     else:
         rules += _id_rules("item_id") + [
             ("price_not_numeric", _not_numeric("price")),
+            ("price_not_finite", _not_finite("price")),
             ("price_negative", f"try_cast({_clean('price')} AS DOUBLE) < 0"),
         ]
     return rules
@@ -334,10 +381,10 @@ def _dedupe_key(entity: str) -> tuple[str, str]:
             "users": ("user_id", "duplicate_user"), "items": ("item_id", "duplicate_item")}[entity]
 
 
-def _check_sql(entity: str, behaviors: tuple[str, ...]) -> str:
+def _check_sql(entity: str) -> str:
     """SELECT over `landed` giving typed columns, source_file/line, the raw record and the reason."""
     typed = _typed(entity)
-    cases = " ".join(f"WHEN {cond} THEN '{reason}'" for reason, cond in _rules(entity, behaviors))
+    cases = " ".join(f"WHEN {cond} THEN '{reason}'" for reason, cond in _rules(entity))
     cols = ", ".join(f"{expr} AS {name}" for name, expr in typed.items())
     record_struct = ", ".join(f"'{c}': {c}" for c, _ in COLUMNS[entity])
     key, dup_reason = _dedupe_key(entity)
@@ -376,8 +423,9 @@ def _load_entity(con: duckdb.DuckDBPyConnection, cfg: Config, entity: str, ds: s
         "_file", pa.array([], pa.string()))
     con.register("landed", landed)
     try:
-        sql = _check_sql(entity, cfg.ingest.behaviors)
-        params = {"ds": ds, "tz": cfg.ingest.day_timezone} if entity == "behaviors" else {}
+        sql = _check_sql(entity)
+        params = {"ds": ds, "tz": cfg.ingest.day_timezone,
+                  "behaviors": [b.lower() for b in cfg.ingest.behaviors]} if entity == "behaviors" else {}
         con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{entity} AS {sql}", params)
     finally:
         con.unregister("landed")

@@ -15,6 +15,7 @@ from typing import Any
 
 from recsys.config import Config, load_config
 from recsys.ingest import validate_ds
+from recsys.warehouse import writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,10 @@ def run_stage(name: str, ds: str, cfg: Config | None = None, **kwargs: Any) -> d
     """Run one stage for ds and return its summary."""
     cfg = cfg or load_config()
     ds = validate_ds(ds)
-    log.info("stage %s ds=%s", name, ds)
-    return summarize(_stage_function(name)(cfg, ds, **kwargs))
+    fn = _stage_function(name)
+    with writer_lock(cfg):  # one writing process at a time (two `recsys run`, Airflow + shell, ...)
+        log.info("stage %s ds=%s", name, ds)
+        return summarize(fn(cfg, ds, **kwargs))
 
 
 def dates(start: str, end: str) -> Iterator[str]:
@@ -72,16 +75,25 @@ def dates(start: str, end: str) -> Iterator[str]:
 
 
 def run_day(cfg: Config, ds: str, on_stage: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
-    """Every stage for one ds, in the DAG's order; stops at the first failure (it raises)."""
+    """Every stage for one ds, in the DAG's order (train once per enabled model, like the DAG's train
+    tasks); stops at the first failure (it raises). Keys: stage names, and `train.<model>`."""
     results = {}
     for name in STAGES:
-        results[name] = run_stage(name, ds, cfg)
-        if on_stage:
-            on_stage(name, results[name])
+        runs = ([(f"train.{m}", {"model_name": m}) for m in dict.fromkeys(cfg.train.models)]
+                if name == "train" else [(name, {})])
+        for key, kwargs in runs:
+            results[key] = run_stage(name, ds, cfg, **kwargs)
+            if on_stage:
+                on_stage(key, results[key])
     return results
 
 
 def run_range(cfg: Config, start: str, end: str,
               on_stage: Callable[[str, dict], None] | None = None) -> dict[str, dict[str, dict]]:
-    """`recsys run --start A --end B`: each date in order, every stage, without Airflow."""
-    return {ds: run_day(cfg, ds, on_stage) for ds in dates(start, end)}
+    """`recsys run --start A --end B`: each date in order, every stage, without Airflow.
+
+    The writer lock is held for the whole range, so two runs started at once run one after the other.
+    """
+    days = list(dates(start, end))
+    with writer_lock(cfg):
+        return {ds: run_day(cfg, ds, on_stage) for ds in days}

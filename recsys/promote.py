@@ -1,11 +1,14 @@
 """Stage 5: the promotion gate. The challenger takes the `champion` alias only if it is better on ds.
 
-Both models are scored on the SAME frame: the training examples of ds, encoded with today's
+All models are scored on the SAME frozen frame: the training examples of ds, encoded with today's
 vocabulary and fed to each model through its own feature map (indices a model's older vocabulary
 does not have become unknown, which is exact because vocabularies are append-only). The alias
-moves when challenger metric - champion metric > `promote.min_improvement` (metric
-`promote.metric`: gauc, impression-weighted, or auc). The first registered model becomes champion
-without a contest.
+moves when challenger metric - champion metric > `promote.margin` (metric `promote.metric`: gauc,
+impression-weighted, or auc). The first registered model becomes champion without a contest.
+
+Challengers: the newest version of every model trained for ds (tag `ds`; several when several models
+are enabled in `train.models`); the one with the best metric on the frame is THE challenger that
+faces the champion. Every candidate's value is logged in the promotion run.
 
 Each decision is recorded twice: as tags on the challenger's model version (`promotion_ds`,
 `promotion_decision`, `promotion_metric`, `promotion_challenger_value`, `promotion_champion_version`,
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 
@@ -46,6 +49,7 @@ class PromotionResult:
     challenger_metric: float
     champion_metric: float | None
     metric_name: str
+    candidates: dict[str, float] = field(default_factory=dict)  # every challenger of ds: version -> metric
 
 
 def _evaluation_frame(cfg: Config, ds: str) -> Frame:
@@ -67,18 +71,23 @@ def _metric_of(cfg: Config, version: str, frame: Frame, metric: str) -> float:
     return scores[metric]
 
 
-def _decide(cfg: Config, challenger: str, champion: str | None, frame: Frame,
-            metric: str) -> tuple[str, float, float | None]:
-    """(decision, challenger value, champion value)."""
-    challenger_value = _metric_of(cfg, challenger, frame, metric)
+def best_challenger(values: dict[str, float]) -> str:
+    """The version with the highest metric; NaN ranks last, ties go to the newest version."""
+    return max(values, key=lambda v: (not math.isnan(values[v]), values[v] if not math.isnan(values[v]) else 0.0,
+                                      int(v)))
+
+
+def _decide(cfg: Config, challenger: str, known: dict[str, float], champion: str | None, frame: Frame,
+            metric: str) -> tuple[str, float | None]:
+    """(decision, champion value); `known` holds the values already computed (the challengers')."""
     if champion is None:
-        return "first_champion", challenger_value, None
+        return "first_champion", None
     if champion == challenger:
-        return "already_champion", challenger_value, challenger_value
-    champion_value = _metric_of(cfg, champion, frame, metric)
+        return "already_champion", known[challenger]
+    champion_value = known[champion] if champion in known else _metric_of(cfg, champion, frame, metric)
     # NaN (e.g. no user with both labels) never wins: the comparison is False
-    wins = challenger_value - champion_value > cfg.promote.min_improvement
-    return ("promoted" if wins else "kept"), challenger_value, champion_value
+    wins = known[challenger] - champion_value > cfg.promote.margin
+    return ("promoted" if wins else "kept"), champion_value
 
 
 def _record(cfg: Config, ds: str, result: PromotionResult) -> None:
@@ -92,22 +101,25 @@ def _record(cfg: Config, ds: str, result: PromotionResult) -> None:
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"promote-{ds}", tags={"ds": ds}):
         mlflow.log_params({"ds": ds, "challenger_version": result.challenger_version,
                            "champion_version": result.champion_version or "none", "decision": result.decision,
-                           "metric": result.metric_name, "min_improvement": cfg.promote.min_improvement})
+                           "metric": result.metric_name, "margin": cfg.promote.margin,
+                           "candidates": ",".join(sorted(result.candidates, key=int))})
         values = {f"challenger_{result.metric_name}": result.challenger_metric}
+        values.update({f"candidate_v{v}_{result.metric_name}": x for v, x in result.candidates.items()})
         if result.champion_metric is not None:
             values[f"champion_{result.metric_name}"] = result.champion_metric
         mlflow.log_metrics({k: v for k, v in values.items() if not math.isnan(v)})
 
 
-def _challenger(cfg: Config, ds: str, version: str | None) -> str:
-    """The given version, else the newest version trained for ds."""
+def challengers(cfg: Config, ds: str, version: str | None = None) -> list[str]:
+    """The given version, else the newest version of each model trained for ds (oldest version first)."""
     if version is not None:
-        return str(version)
+        return [str(version)]
     trained = registry.find_versions(cfg, ds=ds)
     if not trained:
         raise RuntimeError(f"no version of {cfg.mlflow.registered_model!r} was trained for ds={ds}; "
                            f"run `recsys train --ds {ds}` first")
-    return str(trained[-1].version)
+    newest = {v.tags.get("model_name", "?"): str(v.version) for v in trained}  # oldest first: the last one wins
+    return sorted(newest.values(), key=int)
 
 
 def _champion_before(cfg: Config, ds: str, challenger: str) -> str | None:
@@ -160,7 +172,7 @@ def _finite(value: float | None) -> float | None:
 
 
 def promote(cfg: Config, ds: str, version: str | None = None) -> PromotionResult:
-    """Compare ds's challenger with the champion that served ds-1, on ds's examples.
+    """Compare ds's best challenger with the champion that served ds-1, on ds's examples.
 
     The decision goes to `marts.model_promotions` (scoring of ds uses its `champion_after`); the
     `champion` alias moves to the winner when ds is the newest decided day.
@@ -169,12 +181,14 @@ def promote(cfg: Config, ds: str, version: str | None = None) -> PromotionResult
     metric = cfg.promote.metric
     if metric not in METRICS:
         raise ValueError(f"promote.metric must be one of {METRICS}, got {metric!r}")
-    challenger = _challenger(cfg, ds, version)
-    champion = _champion_before(cfg, ds, challenger)
     frame = _evaluation_frame(cfg, ds)
-    decision, challenger_value, champion_value = _decide(cfg, challenger, champion, frame, metric)
+    candidates = {v: _metric_of(cfg, v, frame, metric) for v in challengers(cfg, ds, version)}
+    challenger = best_challenger(candidates)
+    champion = _champion_before(cfg, ds, challenger)
+    decision, champion_value = _decide(cfg, challenger, candidates, champion, frame, metric)
     after = challenger if decision in ("first_champion", "promoted") else str(champion)
-    result = PromotionResult(decision, challenger, champion, challenger_value, champion_value, metric)
+    result = PromotionResult(decision, challenger, champion, candidates[challenger], champion_value, metric,
+                             candidates)
     if _log_decision(cfg, ds, result, after) and registry.champion_version(cfg) != after:
         registry.set_champion(cfg, after)
     _record(cfg, ds, result)

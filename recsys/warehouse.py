@@ -2,19 +2,34 @@
 
 DuckDB allows one writing process at a time, so connections are read-only unless a stage asks to
 write (`connect(cfg, read_only=False)`); the Airflow DAG puts every writer in a one-slot pool.
+
+DuckDB also refuses a read-only open from another process while a writer holds the file ("Conflicting
+lock is held"), and a reader holding the file makes the next writer fail the same way. So the pipeline
+serializes itself with a file lock next to the warehouse (`writer_lock`: exclusive, reentrant in a
+process, released by the kernel when a process dies), and readers (`reader`) take the same lock shared
+without waiting: when no writer runs they read the live file, otherwise the read snapshot that every
+writer publishes (checkpoint + copy + atomic rename) when it takes and when it leaves the lock.
 dbt owns `staging`, `intermediate` and `marts` models; Python owns `raw.*` (ingest), `features.*`
 (vocabularies) and the published tables `marts.recommendations` and `marts.ranking_metrics`.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
 from recsys.config import Config
+
+log = logging.getLogger(__name__)
 
 SCHEMAS = ("raw", "staging", "intermediate", "marts", "features")
 
@@ -111,3 +126,145 @@ def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
         [schema, name],
     ).fetchall()
     return bool(row[0][0])
+
+
+# --------------------------------------------------------------------------- one writer, many readers
+
+READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_HELD: dict[str, list[int]] = {}  # lock path -> [fd, depth] for the lock this process holds
+_GUARD = threading.Lock()
+
+
+def lock_path(cfg: Config) -> Path:
+    """The writer lock file: `<warehouse>.lock`, next to the warehouse."""
+    wh = Path(cfg.paths.warehouse)
+    return wh.with_name(wh.name + ".lock")
+
+
+def snapshot_path(cfg: Config) -> Path:
+    """The read snapshot: `<warehouse dir>/snapshot/<warehouse name>`."""
+    wh = Path(cfg.paths.warehouse)
+    return wh.parent / "snapshot" / wh.name
+
+
+def _open_lock_file(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says about its last writer (pid and start time)."""
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _acquire_exclusive(path: Path) -> int:
+    """Block until this process holds the exclusive lock; returns the lock file's descriptor."""
+    fd = _open_lock_file(path)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("warehouse busy (last writer: %s; or readers); waiting for the writer lock %s",
+                     _holder(fd), path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def writer_lock(cfg: Config) -> Iterator[None]:
+    """Hold the warehouse's writer lock for a block: one writing process at a time, waiting if needed.
+
+    Reentrant inside a process (`recsys run` holds it for the whole range, each stage again), and a
+    thread of another process never enters while it is held. A process killed while holding it
+    releases it with its file descriptors, so there is no stale lock to clean up after a crash.
+    Publishes the read snapshot when taken and when left (see `publish_snapshot`).
+    """
+    key = str(lock_path(cfg))
+    with _GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(key, threading.RLock())
+    with thread_lock:
+        if key not in _HELD:
+            _HELD[key] = [_acquire_exclusive(Path(key)), 0]
+            publish_snapshot(cfg)  # readers get the latest state even if the last writer did not lock
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+            try:
+                publish_snapshot(cfg)
+            finally:
+                if _HELD[key][1] == 0:
+                    os.close(_HELD.pop(key)[0])  # closing the descriptor releases the flock
+
+
+def publish_snapshot(cfg: Config) -> Path | None:
+    """Copy the warehouse to the read snapshot (temp file + atomic rename) when it is newer.
+
+    Call with the writer lock held and no write in flight. CHECKPOINT first folds the write-ahead log
+    into the file, so the copy of the file alone is a consistent database. A reader that has the old
+    snapshot open keeps reading it (rename does not touch open files). Returns the snapshot path, or
+    None when there is nothing to copy or the warehouse is held by a process outside the lock.
+    """
+    src, dst = Path(cfg.paths.warehouse), snapshot_path(cfg)
+    if not src.exists():
+        return None
+    wal = src.with_name(src.name + ".wal")
+    if dst.exists() and not wal.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+        return dst
+    try:
+        con = duckdb.connect(str(src))
+        try:
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+    except duckdb.Error as exc:
+        log.warning("read snapshot not refreshed (%s): readers keep the previous one", exc)
+        return None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+@contextmanager
+def reader(cfg: Config) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+    """A read-only connection that neither waits for nor breaks a writer: yields (connection, source).
+
+    source is "live" (the warehouse itself: no writer runs, and the shared lock keeps one from starting
+    until the block ends) or "snapshot <time>" (a writer runs: the copy it published, as of that time).
+    The connection cannot write anywhere: read_only, no file system access (COPY TO, ATTACH,
+    read_csv, extensions) and a locked configuration, so SQL from a user is safe to run on it.
+    """
+    wh = Path(cfg.paths.warehouse)
+    if not wh.exists():
+        raise FileNotFoundError(f"warehouse {wh} does not exist yet; run `recsys ingest --ds <date>` first")
+    fd = _open_lock_file(lock_path(cfg))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            path, source = wh, "live"
+        except BlockingIOError:
+            path = snapshot_path(cfg)
+            if not path.exists():
+                raise RuntimeError(f"warehouse {wh} is being written ({_holder(fd)}) and no read snapshot has "
+                                   "been published yet; retry when the stage finishes") from None
+            stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            source = f"snapshot {stamp:%Y-%m-%dT%H:%M:%SZ}"
+        con = duckdb.connect(str(path), read_only=True, config=READER_CONFIG)
+        try:
+            yield con, source
+        finally:
+            con.close()
+    finally:
+        os.close(fd)
