@@ -21,13 +21,19 @@ DEMO_DAYS ?= 4
 DEMO_USERS ?= 300
 DEMO_ITEMS ?= 400
 
-.PHONY: help install demo test lint clean airflow-init bench-pipeline
+.PHONY: help install demo test lint clean airflow-init bench-pipeline bench-scoring bench-models ui backfill stop docs
 
 help:
 	@echo "make demo   - synthesize demo logs and run the Airflow DAG for each demo date, then summarize"
 	@echo "make test   - ruff + pytest (unit, data, DAG, integration on tiny data)"
 	@echo "make bench-pipeline EVENTS=1000000 - time one day of ingest + dbt + GX (bench/results/pipeline_day.jsonl)"
+	@echo "make bench-scoring      - scoring pairs/s, C=200, 2 threads, batched vs per pair (bench/results/scoring.jsonl)"
+	@echo "make bench-models [PEERS=1] - Base/DIN/DIEN/DSIN on the peer protocol (+ the peer libraries) (bench/results/models.jsonl)"
 	@echo "make clean  - remove var/ (warehouse, MLflow store, Airflow home, landing files)"
+	@echo "make ui     - start Airflow (api-server, scheduler, dag-processor) and the MLflow UI; prints URLs + login"
+	@echo "make backfill START=2024-01-01 END=2024-01-04 - backfill through the scheduler, wait, report run states"
+	@echo "make stop   - stop what ui/backfill started (by process group)"
+	@echo "make docs   - regenerate docs/cli.md and docs/configuration.md"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -54,8 +60,7 @@ demo: airflow-init
 	$(BIN)/recsys summary
 	@echo ""
 	@echo "Warehouse:  $(RECSYS_HOME)/warehouse/recsys.duckdb   (recsys sql \"select * from marts.recommendations limit 10\")"
-	@echo "MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db --port 5000  -> http://localhost:5000"
-	@echo "Airflow UI: AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags $(BIN)/airflow standalone  -> http://localhost:8080"
+	@echo "Airflow UI and MLflow UI: make ui   (prints the URLs and the admin login; make stop ends them)"
 	@echo "Logs of each DAG run: $(AIRFLOW_HOME)/dags-test-<ds>.log"
 
 lint: install
@@ -67,6 +72,36 @@ test: install lint
 EVENTS ?= 1000000
 bench-pipeline: install
 	$(BIN)/python bench/pipeline_day.py --events $(EVENTS)
+
+bench-scoring: install
+	$(BIN)/python bench/scoring.py --candidates 200 --threads 2
+
+# Our models on ../shared/bench/peers' protocol; PEERS=1 runs the peer libraries in the same run (their venvs
+# under PEERS_VENVS, built by ../shared/bench/peers/setup_venvs.sh; missing ones are skipped with a message).
+PEERS ?= 0
+bench-models: install
+	$(BIN)/python bench/models.py $(if $(filter 1,$(PEERS)),--peers,) $(BENCH_MODELS_ARGS)
+
+# Services run in their own process groups; pid files and logs in $(RECSYS_HOME)/run/ (ops/airflow_ops.py).
+AIRFLOW_PORT ?= 8080
+MLFLOW_PORT ?= 5000
+REPROCESS ?= failed
+export AIRFLOW_PORT MLFLOW_PORT
+
+ui: install
+	$(BIN)/python ops/airflow_ops.py ui
+
+backfill: install
+	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD [REPROCESS=failed|completed|none]"; exit 2; }
+	$(BIN)/python ops/airflow_ops.py backfill --start $(START) --end $(END) --reprocess $(REPROCESS)
+
+stop:
+	@test -x $(BIN)/python || { echo "nothing to stop (no .venv)"; exit 0; }
+	$(BIN)/python ops/airflow_ops.py stop
+
+docs: install
+	$(BIN)/python ops/gen_cli_docs.py
+	$(BIN)/python ops/gen_config_docs.py
 
 clean:
 	rm -rf var

@@ -1,0 +1,89 @@
+"""ops/airflow_ops.py without Airflow: process groups start and stop whole, CLI output parsing, hints."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+OPS = runpy.run_path(str(REPO / "ops" / "airflow_ops.py"))
+
+
+@pytest.fixture()
+def settings(tmp_path: Path):
+    return OPS["Settings"](home=tmp_path, airflow_home=tmp_path / "airflow", run_dir=tmp_path / "run",
+                           tracking_uri="sqlite:///x.db", pool="recsys_duckdb", airflow_port=18999,
+                           mlflow_port=15999)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) counts as gone
+    return "Z" not in subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout
+
+
+def test_stop_kills_the_whole_process_group(settings) -> None:
+    # a parent that starts a child: stopping the service must take the child too
+    child_file = settings.home / "child.pid"
+    pgid = OPS["start_service"](settings, "demo", ["bash", "-c", f"sleep 300 & echo $! > {child_file}; wait"])
+    try:
+        deadline = time.monotonic() + 30
+        while not child_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(child_file.read_text())
+        assert OPS["running_pgid"](settings, "demo") == pgid
+        assert os.getpgid(child) == pgid  # the child is in the service's group
+        assert OPS["stop_service"](settings, "demo", grace_s=10)
+        assert not _alive(pgid) and not _alive(child)
+        assert OPS["running_pgid"](settings, "demo") is None
+        assert not (settings.run_dir / "demo.pid").exists()
+        assert OPS["stop_service"](settings, "demo") is False  # stopping twice is fine
+    finally:
+        OPS["stop_service"](settings, "demo", grace_s=1)
+
+
+def test_stale_pid_file_is_not_a_running_service(settings) -> None:
+    settings.run_dir.mkdir(parents=True)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    (settings.run_dir / "scheduler.pid").write_text(str(proc.pid))
+    assert OPS["running_pgid"](settings, "scheduler") is None
+    assert not (settings.run_dir / "scheduler.pid").exists()
+
+
+def test_json_after_log_lines_and_newest_run_per_ds(settings, monkeypatch) -> None:
+    out = ('2026-01-01T00:00:00Z [warning] Could not import graphviz.\n'
+           '[{"run_id": "backfill__2024-01-02T00:00:00+00:00", "state": "failed", '
+           '"run_after": "2024-01-02T00:00:00+00:00", "logical_date": "2024-01-01T00:00:00+00:00"}, '
+           '{"run_id": "scheduled__2024-01-03", "state": "success", '
+           '"run_after": "2024-01-03T00:00:00+00:00", "logical_date": "2024-01-02T00:00:00+00:00"}, '
+           '{"run_id": "x", "state": "success", "run_after": "2024-01-09T00:00:00+00:00", '
+           '"logical_date": "2024-01-08T00:00:00+00:00"}]\n')
+    assert len(OPS["json_lines"](out)) == 3
+    monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow",
+                        lambda *_a, **_k: subprocess.CompletedProcess([], 0, stdout=out, stderr=""))
+    runs = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
+    assert [(r["ds"], r["state"]) for r in runs] == [("2024-01-01", "failed"), ("2024-01-02", "success")]
+
+
+def test_rerun_hint_and_date_count() -> None:
+    assert OPS["rerun_command"]("train.dsin", "2024-01-02") == "recsys train --ds 2024-01-02 --model dsin"
+    assert OPS["rerun_command"]("evaluate", "2024-01-02") == "recsys evaluate --ds 2024-01-02"
+    assert OPS["expected_runs"]("2024-01-30", "2024-02-02") == 4
+
+
+def test_services_get_the_ops_environment(settings, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "8")  # what the caller exported wins
+    env = OPS["service_env"](settings)
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "8"
+    assert env["AIRFLOW__COSMOS__ENABLE_TELEMETRY"] == "False"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://localhost:18999/execution/"
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(REPO / "dags")
