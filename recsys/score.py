@@ -2,10 +2,16 @@
 
 The champion is rebuilt from its registered artifacts (weights loaded with weights_only=True). The
 scoring frame holds the candidates of ds with the user's history and profile as of the end of ds;
-context features are unknown at scoring time (see feature_store/retrieval.py). Candidates are scored
-in fixed-size batches under `torch.inference_mode` (ids the champion's vocabulary does not know are
-fed as unknown), ranked per user by (score desc, item_id asc), and the top `score.top_k` per user
-replace ds's partition inside one transaction: readers see all of ds or none of it.
+context features are unknown at scoring time (see feature_store/retrieval.py). Candidates are grouped
+per user and scored with `model.score_candidates(users, candidates)` in batches of whole users under
+`torch.inference_mode`, so the user side (histories, profile) is computed once per user, not once per
+pair (ids the champion's vocabulary does not know are fed as unknown). Each user's candidates are
+ranked by (score desc, item_id asc), and the top `score.top_k` per user replace ds's partition inside
+one transaction: readers see all of ds or none of it; a failure leaves the previous rows.
+
+Refusals: no model serves ds yet (NoChampionError); the model was trained with a feature map the
+feature store no longer serves (FeatureMapMismatchError). An empty candidate set publishes nothing
+for ds (the partition is emptied) and logs a warning.
 
 Explanation: the three distinct history items with the largest attention weight for that candidate,
 as "because you viewed items 12, 7, 3" (item ids, strongest first). Models without attention (Base)
@@ -22,21 +28,26 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from feature_store.retrieval import Frame, scoring_frame
+from feature_store.retrieval import Frame, clamp_to_vocab, feature_map_dict, scoring_frame
 from feature_store.spec import load_spec
 from recsys.config import Config
 from recsys.ingest import validate_ds
 from recsys.registry import LoadedModel, NoChampionError, load_champion, load_version
-from recsys.train import predict_batches, resolve_device
+from recsys.train import _autocast, model_inputs, resolve_device, to_tensors
 from recsys.warehouse import connect, replace_partition, table_exists, transaction
 
-__all__ = ["NoChampionError", "ScoreResult", "score"]
+__all__ = ["FeatureMapMismatchError", "NoChampionError", "ScoreResult", "score", "score_frame"]
 
 log = logging.getLogger(__name__)
 
 EXPLAIN_ITEMS = 3
 EXPLAIN_POOL = 20  # strongest positions kept per candidate; the first 3 distinct items among them are named
 EXPLAIN_HISTORY = "item_id_history"  # raw history whose item ids the explanation names
+SCORE_PAIRS = 16384  # (user, candidate) pairs per model call: whole users, ~C=200 -> 80 users
+
+
+class FeatureMapMismatchError(RuntimeError):
+    """The serving model's feature map does not match what the feature store serves now."""
 
 INSERT_SQL = """
     SELECT CAST(? AS DATE) AS ds, user_id, rank, item_id, score, ? AS model_name, ? AS model_version,
@@ -92,20 +103,138 @@ def distinct_items(history: np.ndarray, positions: np.ndarray, k: int = EXPLAIN_
     return ids, present
 
 
-def _score_all(loaded: LoadedModel, frame: Frame, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N] float32, ranked history positions [N, EXPLAIN_POOL] int16) for every candidate row."""
-    fmap = loaded.feature_map.to_dict()
-    lengths = frame[fmap["length"]]
-    width = frame.user_columns[EXPLAIN_HISTORY].shape[1] if EXPLAIN_HISTORY in frame.user_columns else 0
-    scores = np.zeros(len(frame), dtype=np.float32)
-    positions = np.full((len(frame), EXPLAIN_POOL), -1, dtype=np.int16)
-    for rows, probs, attention in predict_batches(loaded.model, frame, fmap, device):
-        scores[rows] = probs
-        if attention is not None and attention.shape[1] != width:
-            attention = None  # not per history position (e.g. per session): fall back to recency
-        ranked = ranked_positions(attention, lengths[rows])
-        positions[rows, :ranked.shape[1]] = ranked
-    return scores, positions
+def user_groups(user_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate rows grouped by user: (rows sorted by user [N], start offset of each user [U + 1]).
+
+    Args:
+        user_index: [N] row -> position in the frame's user arrays (0..U-1; a user may have no row).
+    """
+    order = np.argsort(user_index, kind="stable")
+    counts = np.bincount(user_index, minlength=int(user_index.max()) + 1 if len(user_index) else 0)
+    return order, np.r_[0, np.cumsum(counts)]
+
+
+def candidate_matrix(order: np.ndarray, offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `users`' candidates as a padded matrix.
+
+    Args:
+        order, offsets: from `user_groups`. users: [U] user positions.
+    Returns:
+        (rows [U, C] int64, valid [U, C] bool) with C = the most candidates any of these users has;
+        padding repeats the user's first row (a valid input whose score is ignored).
+    """
+    starts, counts = offsets[users], offsets[users + 1] - offsets[users]
+    width = int(counts.max()) if len(users) else 0
+    slot = np.arange(width)[None, :]
+    valid = slot < counts[:, None]
+    rows = order[starts[:, None] + np.where(valid, slot, 0)]
+    return rows, valid
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Model inputs split into the user side ([U, ...], computed once per user) and the candidate side [U, C].
+
+    `sequences`: user-side [U, T] behaviour lists (0-padded at the end), cut to the batch's longest
+    history before they reach the model.
+    """
+
+    user_names: tuple[str, ...]
+    candidate_names: tuple[str, ...]
+    sequences: frozenset[str]
+
+
+def _split_inputs(frame: Frame, fmap: dict) -> _Split:
+    names = model_inputs(fmap)
+    missing = [n for n in names if n not in frame.columns and n not in frame.user_columns]
+    if missing:
+        raise FeatureMapMismatchError(f"the scoring frame lacks the model inputs {missing}")
+    sequences = frozenset(f["name"] for f in fmap["features"] if f["kind"] == "sequence")
+    return _Split(tuple(n for n in names if n in frame.user_columns), tuple(n for n in names if n in frame.columns),
+                  sequences & set(frame.user_columns))
+
+
+def _user_batch(frame: Frame, split: _Split, fmap: dict, users: np.ndarray, rows: np.ndarray, width: int,
+                device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Tensors for `score_candidates`: user side [U, ...] and candidate side [U, C] (ids clamped to the vocab).
+
+    Sequences are cut to `width` positions: beyond every user's history they are padding, which the
+    models mask, so a batch of short histories does not pay for T attention positions per pair.
+    """
+    user_side = {n: frame.user_columns[n][users] for n in split.user_names}
+    user_side.update({n: user_side[n][:, :width] for n in split.sequences})
+    user_side = clamp_to_vocab(user_side, fmap)
+    cand_side = clamp_to_vocab({n: frame.columns[n][rows] for n in split.candidate_names}, fmap)
+    return to_tensors(user_side, device), to_tensors(cand_side, device)
+
+
+def _pairs_per_batch(n_candidates: int, pairs: int = SCORE_PAIRS) -> int:
+    return max(1, pairs // max(n_candidates, 1))
+
+
+@dataclass
+class Scored:
+    """The top-K of every user: row indices [M] (user, rank order), ranks [M], probabilities [M] and
+    ranked history positions [M, EXPLAIN_POOL] (-1 = none) for the explanations."""
+
+    rows: np.ndarray
+    ranks: np.ndarray
+    scores: np.ndarray
+    positions: np.ndarray
+
+
+def score_frame(model: torch.nn.Module, frame: Frame, fmap: dict, device: torch.device, top_k: int,
+                pairs_per_batch: int = SCORE_PAIRS) -> Scored:
+    """Rank every user's candidates with `model.score_candidates`, keeping each user's top_k.
+
+    Users are scored in batches of about `pairs_per_batch` (user, candidate) pairs; the model sees
+    the user side once per user ([U, T] histories) and the candidates as [U, C]. Within a user, ties
+    are broken by item_id. Only the top-K rows keep their attention (for explanations).
+    """
+    if len(frame) == 0:
+        return Scored(*(np.zeros(0, dtype=t) for t in (np.int64, np.int32, np.float32)),
+                      np.zeros((0, EXPLAIN_POOL), dtype=np.int16))
+    split = _split_inputs(frame, fmap)
+    order, offsets = user_groups(frame.user_index)
+    present = np.flatnonzero(np.diff(offsets) > 0)  # users of a filtered frame may have no rows left
+    lengths = frame.user_columns[fmap["length"]]
+    present = present[np.argsort(lengths[present], kind="stable")]  # similar history lengths share a batch
+    step = _pairs_per_batch(int(np.diff(offsets).max()), pairs_per_batch)
+    parts: list[tuple[np.ndarray, ...]] = []
+    model.eval()
+    with torch.inference_mode():
+        for lo in range(0, len(present), step):
+            users = present[lo:lo + step]
+            rows, valid = candidate_matrix(order, offsets, users)
+            width = max(int(lengths[users].max()), 1)
+            user_side, cand_side = _user_batch(frame, split, fmap, users, rows, width, device)
+            with _autocast(device):
+                out = model.score_candidates(user_side, cand_side)
+            probs = torch.sigmoid(out.logits.float()).cpu().numpy()  # [U, C]
+            parts.append(_top_of_batch(frame, users, rows, valid, probs, out.attention, lengths, width, top_k))
+    rows, ranks, probs, positions = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.lexsort((ranks, frame.user_index[rows]))  # back to (user, rank) order
+    return Scored(rows[order], ranks[order], probs[order], positions[order])
+
+
+def _top_of_batch(frame: Frame, users: np.ndarray, rows: np.ndarray, valid: np.ndarray, probs: np.ndarray,
+                  attention: torch.Tensor | None, lengths: np.ndarray, width: int,
+                  top_k: int) -> tuple[np.ndarray, ...]:
+    """Each user's top_k of one batch: (rows [M], ranks [M], probs [M], positions [M, EXPLAIN_POOL])."""
+    items = frame.keys["item_id"][rows]  # [U, C]
+    # (score desc, item_id asc); padding sorts last
+    order = np.lexsort((items, -np.where(valid, probs, -np.inf).astype(np.float64)), axis=1)[:, :top_k]
+    keep = np.take_along_axis(valid, order, axis=1)  # [U, K']
+    user_pos, slot = np.nonzero(keep)
+    col = order[user_pos, slot]
+    att = None
+    if attention is not None and attention.shape[-1] == width and EXPLAIN_HISTORY in frame.user_keys:
+        # one weight per (cut) history position; anything else (per session) falls back to recency
+        att = attention[torch.from_numpy(user_pos), torch.from_numpy(col)].float().cpu().numpy()  # [M, T]
+    positions = np.full((len(col), EXPLAIN_POOL), -1, dtype=np.int16)
+    ranked = ranked_positions(att, lengths[users[user_pos]])
+    positions[:, :ranked.shape[1]] = ranked
+    return rows[user_pos, col], (slot + 1).astype(np.int32), probs[user_pos, col], positions
 
 
 def rank_top_k(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,21 +255,52 @@ def rank_top_k(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int)
 
 
 def _explained_items(frame: Frame, rows: np.ndarray, positions: np.ndarray) -> list[pa.Array]:
-    """EXPLAIN_ITEMS nullable int64 columns: distinct raw item ids at the strongest history positions."""
+    """EXPLAIN_ITEMS nullable int64 columns: distinct raw item ids at the strongest history positions.
+
+    Args:
+        rows: [M] frame rows. positions: [M, EXPLAIN_POOL] ranked history positions of those rows.
+    """
     if EXPLAIN_HISTORY not in frame.user_keys:
         return [pa.nulls(len(rows), pa.int64()) for _ in range(EXPLAIN_ITEMS)]
     history = frame.user_keys[EXPLAIN_HISTORY][frame.user_index[rows]]  # [M, T] raw ids
-    ids, present = distinct_items(history, positions[rows])
+    ids, present = distinct_items(history, positions)
     return [pa.array(ids[:, j], mask=~present[:, j]) for j in range(EXPLAIN_ITEMS)]
 
 
-def _top_table(frame: Frame, scores: np.ndarray, positions: np.ndarray, top_k: int) -> pa.Table:
-    rows, ranks = rank_top_k(frame.keys["user_id"], frame.keys["item_id"], scores, top_k)
-    e1, e2, e3 = _explained_items(frame, rows, positions)
-    return pa.table({"user_id": frame.keys["user_id"][rows], "rank": ranks, "item_id": frame.keys["item_id"][rows],
-                     "score": scores[rows].astype(np.float64),
+def _top_table(frame: Frame, scored: Scored) -> pa.Table:
+    rows = scored.rows
+    e1, e2, e3 = _explained_items(frame, rows, scored.positions)
+    return pa.table({"user_id": frame.keys["user_id"][rows], "rank": scored.ranks,
+                     "item_id": frame.keys["item_id"][rows],
+                     "score": scored.scores.astype(np.float64),
                      "candidate_source": pa.array(frame.keys["candidate_source"][rows], type=pa.string()),
                      "e1": e1, "e2": e2, "e3": e3})
+
+
+def check_feature_map(model_map: dict, current_map: dict, version: str) -> None:
+    """Refuse a model whose features differ from what the feature store serves now.
+
+    Every model feature must exist today with the same kind, role, group and shape (max_len, target,
+    ...); vocabulary sizes may differ (vocabularies are append-only; newer ids are fed as unknown).
+
+    Raises:
+        FeatureMapMismatchError: naming each differing feature and what differs.
+    """
+    current = {f["name"]: f for f in current_map["features"]}
+    problems = []
+    for f in model_map["features"]:
+        now = current.get(f["name"])
+        if now is None:
+            problems.append(f"{f['name']}: not served by the feature store any more")
+            continue
+        diffs = [f"{k} {f.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(f) | set(now)) if f.get(k) != now.get(k)]
+        if diffs:
+            problems.append(f"{f['name']}: " + ", ".join(diffs))
+    if model_map.get("length") != current_map.get("length"):
+        problems.append(f"length key {model_map.get('length')!r} -> {current_map.get('length')!r}")
+    if problems:
+        raise FeatureMapMismatchError(f"model version {version} was trained with a different feature map than "
+                                 f"feature_store/specs.yaml serves now; retrain it: " + "; ".join(problems))
 
 
 def model_for(cfg: Config, ds: str) -> LoadedModel:
@@ -164,19 +324,27 @@ def model_for(cfg: Config, ds: str) -> LoadedModel:
 
 
 def score(cfg: Config, ds: str) -> ScoreResult:
-    """Write ds's top-K recommendations per user with the model serving ds (replacing ds's rows)."""
+    """Write ds's top-K recommendations per user with the model serving ds (replacing ds's rows).
+
+    Raises:
+        NoChampionError: no model serves ds yet (train and promote first); nothing is written.
+        FeatureMapMismatchError: the model was trained on features the feature store no longer serves.
+    """
     ds = validate_ds(ds)
     loaded = model_for(cfg, ds)
     torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg)
     loaded.model.to(device)
+    fmap = loaded.feature_map.to_dict()
+    spec = load_spec(cfg.paths.feature_specs)
     con = connect(cfg, read_only=False)
     try:
-        frame = scoring_frame(con, ds, load_spec(cfg.paths.feature_specs), raw_histories=(EXPLAIN_HISTORY,))
+        check_feature_map(fmap, feature_map_dict(con, spec), loaded.version)
+        frame = scoring_frame(con, ds, spec, raw_histories=(EXPLAIN_HISTORY,))
         if len(frame) == 0:
             log.warning("score ds=%s: marts.scoring_candidates has no rows for ds; publishing nothing", ds)
-        scores, positions = _score_all(loaded, frame, device)
-        top = _top_table(frame, scores, positions, cfg.score.top_k)
+        scored = score_frame(loaded.model, frame, fmap, device, cfg.score.top_k)
+        top = _top_table(frame, scored)
         con.register("scored_top", top)
         with transaction(con):
             rows = replace_partition(con, "marts.recommendations", ds, INSERT_SQL,
