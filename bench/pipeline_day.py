@@ -4,7 +4,9 @@
 
 Two days are synthesized (the first gives the second a history and a previous-day row count); the
 first is processed untimed, then the second day's stages are timed one by one. Each run appends one
-JSON line: events, seconds per stage, events/s end to end, peak RSS of this process (MB).
+JSON line: events, seconds per stage, events/s end to end, peak RSS of this process (MB), dbt's
+per-node timings of the timed day (from run_results.json: the slowest models and tests) and the load
+average (other processes on the machine disturb the timings).
 """
 
 from __future__ import annotations
@@ -25,6 +27,18 @@ STAGES = ("ingest", "transform", "validate")
 def _peak_rss_mb() -> float:
     """Peak RSS of this process (dbt and GX run in-process, so this covers them)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _dbt_timings(target: Path, top: int = 12) -> dict[str, float]:
+    """Seconds per dbt node of the last invocation, slowest first (models, tests and unit tests)."""
+    path = target / "run_results.json"
+    if not path.exists():
+        return {}
+    results = json.loads(path.read_text())["results"]
+    timed = sorted(((r["unique_id"], float(r["execution_time"])) for r in results), key=lambda t: -t[1])
+    out = {uid.split(".", 1)[1]: round(s, 2) for uid, s in timed[:top]}
+    out["_all_nodes"] = round(sum(s for _, s in timed), 2)
+    return out
 
 
 def run(events: int, seed: int, home: Path) -> dict:
@@ -48,6 +62,7 @@ def run(events: int, seed: int, home: Path) -> dict:
         t = time.perf_counter()
         run_stage(stage, "2024-01-02", cfg)
         timings[stage] = round(time.perf_counter() - t, 2)
+    dbt_nodes = _dbt_timings(Path(cfg.paths.dbt_target))
     day_events = summary.per_ds["2024-01-02"]
     total = sum(timings.values())
     return {
@@ -55,6 +70,7 @@ def run(events: int, seed: int, home: Path) -> dict:
         "events_requested": events, "events_day": day_events, "users": users, "items": items,
         "synth_s": round(synth_s, 2), "stage_s": timings, "total_s": round(total, 2),
         "events_per_s": round(day_events / total), "peak_rss_mb": round(_peak_rss_mb()),
+        "dbt_node_s": dbt_nodes, "loadavg": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(), "python": platform.python_version(),
     }
 
@@ -65,9 +81,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_day.jsonl")
     parser.add_argument("--home", type=Path, default=None, help="RECSYS_HOME for the run (default: a temp dir)")
+    parser.add_argument("--note", default="", help="free text stored with the result (e.g. what changed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         result = run(args.events, args.seed, args.home or Path(tmp))
+    if args.note:
+        result["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as fh:
         fh.write(json.dumps(result) + "\n")

@@ -4,10 +4,15 @@ Encoding happens inside DuckDB: every categorical value is joined against `featu
 missing from the vocabulary, or NULL, becomes 1 = unknown), history lists are unnested with their
 positions, joined, and aggregated back in order, truncated to the most recent `max_len` and padded
 with 0 at the end to a fixed-size array. A fixed-size Arrow list is one flat buffer, so it becomes a
-`[N, max_len]` numpy array by a reshape; there is no Python work per row.
+`[N, max_len]` numpy array by a reshape; there is no Python work per row. Session features (DSIN) are
+lists of lists: both levels are unnested with their positions, encoded, and rebuilt as a fixed-size
+`[N, max_sessions, max_len]` array (the most recent sessions, oldest first, each its most recent
+behaviours; all-zero sessions pad the end). DIEN's negative histories are sequences like any other.
 
 Point in time:
-- training frames read `marts.training_examples`, whose histories stop strictly before each event;
+- training frames read `marts.training_examples` (one row per example: target, profile, context, label)
+  and `marts.training_histories` (one row per positive event: histories, DIEN negatives and sessions
+  strictly before the event, shared by the positive and its negatives through `event_id`);
 - scoring frames read the candidates of ds with the user's history and profile as of the END of ds
   (`marts.user_histories` / `marts.user_features` of ds): the recommendations are for ds + 1.
   Context features (hour, weekday) describe a visit that has not happened yet, so at scoring time
@@ -15,6 +20,8 @@ Point in time:
 
 A scoring frame keeps the user-side arrays once per user (`user_columns`, gathered through
 `user_index` when a batch is built), so 200 candidates of one user do not copy the user's history 200 times.
+A training frame does the same per positive event: its history arrays are fetched once per row of
+`marts.training_histories` and shared by the positive and its negatives.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
     from recsys.models.features import FeatureMap
 
 TRAINING_TABLE = "marts.training_examples"
+HISTORIES_TABLE = "marts.training_histories"
 CANDIDATES_TABLE = "marts.scoring_candidates"
 
 
@@ -41,15 +49,17 @@ class Frame:
     """Encoded features as numpy arrays.
 
     Attributes:
-        columns: per-row arrays: categorical int64 [N], sequences int64 [N, T], numeric float32 [N],
+        columns: per-row arrays: categorical int64 [N], sequences int64 [N, T], sessions int64 [N, S, L],
+            numeric float32 [N],
             the history length int64 [N] and (training) the label float32 [N].
         keys: per-row raw identifiers: user_id, item_id [N] int64, ds [N] datetime64, and for scoring
             frames candidate_source [N] object.
-        user_columns: scoring frames only: the user-side arrays (profile, context, histories, length)
-            once per user, [U] or [U, T].
+        user_columns: arrays shared by several rows, [U], [U, T] or [U, S, L]: in scoring frames the
+            user-side arrays (profile, context, histories, sessions, length) once per user; in training
+            frames the histories, negative histories, sessions and length once per positive event.
         user_keys: scoring frames only: user_id [U] and the raw (not encoded) histories [U, T] listed in
             `raw_histories`, zero-padded like the encoded ones.
-        user_index: scoring frames only: [N] row -> position in the user arrays.
+        user_index: [N] row -> position in the `user_columns` arrays (None when there are none).
     """
 
     columns: dict[str, np.ndarray]
@@ -111,6 +121,30 @@ def _sequence_cte(f: FeatureSpec) -> str:
         GROUP BY u.rid)"""
 
 
+def _session_cte(f: FeatureSpec) -> str:
+    """Encode base.raw_<name> (list of sessions, each a list): unnest both levels with their positions,
+    encode, pad every session to max_len and rebuild the sessions in order."""
+    return f"""seq_{f.name} AS (
+        SELECT s.rid, list(list_resize(s.encoded, {f.max_len}, 0) ORDER BY s.spos) AS encoded
+        FROM (
+            SELECT u.rid, u.spos, list(coalesce(v.idx, {UNKNOWN}) ORDER BY u.pos) AS encoded
+            FROM (SELECT rid, spos, unnest(sess) AS val, generate_subscripts(sess, 1) AS pos
+                  FROM (SELECT rid, unnest(raw_{f.name}) AS sess, generate_subscripts(raw_{f.name}, 1) AS spos
+                        FROM base)) u
+            LEFT JOIN features.vocab v ON v.feature_group = $g_{f.name} AND v.raw_value = CAST(u.val AS VARCHAR)
+            GROUP BY u.rid, u.spos) s
+        GROUP BY s.rid)"""
+
+
+def _session_type(f: FeatureSpec) -> str:
+    """DuckDB type of an encoded session feature: S arrays of L (`BIGINT[L][S]`)."""
+    return f"BIGINT[{f.max_len}][{f.max_sessions}]"
+
+
+def _empty_sessions(f: FeatureSpec) -> str:
+    return f"list_resize([]::BIGINT[][], {f.max_sessions}, list_resize([]::BIGINT[], {f.max_len}, 0))"
+
+
 def _encode(features: tuple[FeatureSpec, ...], available: set[str]) -> _Sql:
     """SQL that encodes `base.raw_<name>` for each feature; features not in `available` get their default.
 
@@ -119,8 +153,12 @@ def _encode(features: tuple[FeatureSpec, ...], available: set[str]) -> _Sql:
     sql = _Sql()
     for f in features:
         if f.name not in available:
-            constant = (f"CAST(list_resize([]::BIGINT[], {f.max_len}, 0) AS BIGINT[{f.max_len}])"
-                        if f.kind == "sequence" else f"CAST({f.default} AS {_scalar_type(f)})")
+            if f.kind == "session":
+                constant = f"CAST({_empty_sessions(f)} AS {_session_type(f)})"
+            elif f.kind == "sequence":
+                constant = f"CAST(list_resize([]::BIGINT[], {f.max_len}, 0) AS BIGINT[{f.max_len}])"
+            else:
+                constant = f"CAST({f.default} AS {_scalar_type(f)})"
             sql.selects.append(f"{constant} AS {f.name}")
         elif f.kind == "numeric":
             sql.selects.append(f"CAST(coalesce(CAST(base.raw_{f.name} AS DOUBLE), {f.default}) AS FLOAT) AS {f.name}")
@@ -129,6 +167,12 @@ def _encode(features: tuple[FeatureSpec, ...], available: set[str]) -> _Sql:
             sql.joins.append(f"LEFT JOIN features.vocab v_{f.name} ON v_{f.name}.feature_group = $g_{f.name} "
                              f"AND v_{f.name}.raw_value = CAST(base.raw_{f.name} AS VARCHAR)")
             sql.selects.append(f"coalesce(v_{f.name}.idx, {int(f.default)}) AS {f.name}")
+        elif f.kind == "session":
+            sql.params[f"g_{f.name}"] = f.group
+            sql.ctes.append(_session_cte(f))
+            sql.joins.append(f"LEFT JOIN seq_{f.name} USING (rid)")
+            sql.selects.append(f"CAST(list_resize(coalesce(seq_{f.name}.encoded, []), {f.max_sessions}, "
+                               f"list_resize([]::BIGINT[], {f.max_len}, 0)) AS {_session_type(f)}) AS {f.name}")
         else:
             sql.params[f"g_{f.name}"] = f.group
             sql.ctes.append(_sequence_cte(f))
@@ -143,15 +187,19 @@ def _scalar_type(f: FeatureSpec) -> str:
 
 
 def _raw_select(f: FeatureSpec, expr: str) -> str:
-    """base column raw_<name>; sequences keep only their most recent max_len elements (oldest first)."""
+    """base column raw_<name>; sequences keep only their most recent max_len elements (oldest first),
+    sessions their most recent max_sessions sessions of (each) the most recent max_len elements."""
     if f.kind == "sequence":
         return f"list_slice({expr}, -{f.max_len}, -1) AS raw_{f.name}"
+    if f.kind == "session":
+        return (f"list_transform(list_slice({expr}, -{f.max_sessions}, -1), "
+                f"lambda s: list_slice(s, -{f.max_len}, -1)) AS raw_{f.name}")
     return f"{expr} AS raw_{f.name}"
 
 
 def _length_select(spec: FeatureSpecs, available: set[str]) -> str:
-    """History length = valid positions of the first sequence (all histories are aligned)."""
-    sequences = [f for f in spec.of_kind("sequence") if f.name in available]
+    """History length = valid positions of the first history (all histories are aligned)."""
+    sequences = [f for f in spec.of_kind("sequence") if f.name in available and f.role == "history"]
     if not sequences:
         return f"CAST(0 AS BIGINT) AS {spec.length}"
     return f"CAST(coalesce(len(base.raw_{sequences[0].name}), 0) AS BIGINT) AS {spec.length}"
@@ -167,11 +215,15 @@ def _query(base_sql: str, sql: _Sql, extra_selects: list[str]) -> str:
 
 
 def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    """One Arrow column as numpy: fixed-size lists become [N, T] by a reshape of the flat child buffer."""
+    """One Arrow column as numpy: fixed-size lists become [N, T] (or nested ones [N, S, L]) by a reshape
+    of the flat child buffer."""
     array = column.combine_chunks()
-    if pa.types.is_fixed_size_list(array.type):
-        return array.flatten().to_numpy(zero_copy_only=False).reshape(-1, array.type.list_size)
-    return array.to_numpy(zero_copy_only=False)
+    shape = []
+    while pa.types.is_fixed_size_list(array.type):
+        shape.append(array.type.list_size)
+        array = array.flatten()
+    values = array.to_numpy(zero_copy_only=False)
+    return values.reshape(-1, *shape) if shape else values
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, query: str, params: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -188,28 +240,67 @@ def _split(arrays: dict[str, np.ndarray], prefix: str) -> tuple[dict[str, np.nda
 # --------------------------------------------------------------------------- frames
 
 
-def _check_sources(spec: FeatureSpecs, table: str) -> None:
-    wrong = [f.name for f in spec.features if f.source.table != table]
+def _check_sources(spec: FeatureSpecs, tables: tuple[str, ...]) -> None:
+    wrong = [f.name for f in spec.features if f.source.table not in tables]
     if wrong:
-        raise ValueError(f"training sources of {wrong} must all be columns of {table}")
+        raise ValueError(f"training sources of {wrong} must all be columns of {' or '.join(tables)}")
+
+
+def _history_rows(spec: FeatureSpecs, features: tuple[FeatureSpec, ...]) -> tuple[str, dict[str, Any]]:
+    """One row per positive of [$ds_from, $ds_to] in marts.training_histories, ordered by (ds, event_id)."""
+    raw = [_raw_select(f, f.source.column) for f in features]
+    base = (f"SELECT row_number() OVER (ORDER BY ds, event_id) - 1 AS rid, {', '.join(raw)} "
+            f"FROM {HISTORIES_TABLE} WHERE ds BETWEEN $ds_from AND $ds_to")
+    available = {f.name for f in features}
+    sql = _encode(features, available)
+    return _query(base, sql, [_length_select(spec, available)]), sql.params
+
+
+def _example_rows(spec: FeatureSpecs, features: tuple[FeatureSpec, ...],
+                  shared: bool) -> tuple[str, dict[str, Any]]:
+    """One row per example, ordered by (ds, example_id); with `shared`, `user_index` is the position of the
+    example's positive in `_history_rows` (-1 when it has none), the same row_number() over the same keys."""
+    raw = [_raw_select(f, f"e.{f.source.column}") for f in features]
+    join, index = "", ""
+    if shared:
+        join = (f" LEFT JOIN (SELECT ds, event_id, row_number() OVER (ORDER BY ds, event_id) - 1 AS pos "
+                f"FROM {HISTORIES_TABLE} WHERE ds BETWEEN $ds_from AND $ds_to) h "
+                f"ON h.ds = e.ds AND h.event_id = e.event_id")
+        index = ", coalesce(h.pos, -1) AS user_index"
+    base = (f"SELECT row_number() OVER (ORDER BY e.ds, e.example_id, e.user_id, e.item_id) AS rid, "
+            f"e.ds AS key_ds, e.user_id AS key_user_id, e.item_id AS key_item_id, "
+            f"CAST(e.{spec.label} AS FLOAT) AS {spec.label}{index}{''.join(', ' + r for r in raw)} "
+            f"FROM {TRAINING_TABLE} e{join} WHERE e.ds BETWEEN $ds_from AND $ds_to")
+    available = {f.name for f in features}
+    sql = _encode(features, available)
+    extra = ["base.key_ds", "base.key_user_id", "base.key_item_id", f"base.{spec.label}"]
+    extra += ["base.user_index"] if shared else [_length_select(spec, available)]
+    return _query(base, sql, extra), sql.params
 
 
 def training_frame(con: duckdb.DuckDBPyConnection, ds_from: str, ds_to: str, spec: FeatureSpecs) -> Frame:
-    """Encoded training examples with ds in [ds_from, ds_to], ordered by (ds, example_id)."""
-    _check_sources(spec, TRAINING_TABLE)
+    """Encoded training examples with ds in [ds_from, ds_to], ordered by (ds, example_id).
+
+    Features sourced from `marts.training_examples` are per example (`columns`, [N]); features sourced from
+    `marts.training_histories` and the history length are per positive event (`user_columns`, [P, T] or
+    [P, S, L]), gathered for each example through `user_index` [N] when a batch is built.
+    """
+    _check_sources(spec, (TRAINING_TABLE, HISTORIES_TABLE))
     require_vocab(con)
-    raw = [_raw_select(f, f.source.column) for f in spec.features]
-    base = (f"SELECT row_number() OVER (ORDER BY ds, example_id, user_id, item_id) AS rid, ds AS key_ds, "
-            f"user_id AS key_user_id, item_id AS key_item_id, CAST({spec.label} AS FLOAT) AS {spec.label}, "
-            f"{', '.join(raw)} "
-            f"FROM {TRAINING_TABLE} WHERE ds BETWEEN $ds_from AND $ds_to")
-    available = set(spec.names)
-    sql = _encode(spec.features, available)
-    extra = ["base.key_ds", "base.key_user_id", "base.key_item_id", f"base.{spec.label}",
-             _length_select(spec, available)]
-    arrays = _fetch(con, _query(base, sql, extra), {**sql.params, "ds_from": ds_from, "ds_to": ds_to})
-    columns, keys = _split(arrays, "key_")
-    return Frame(columns=columns, keys=keys)
+    params = {"ds_from": ds_from, "ds_to": ds_to}
+    shared = tuple(f for f in spec.features if f.source.table == HISTORIES_TABLE)
+    per_row = tuple(f for f in spec.features if f.source.table == TRAINING_TABLE)
+    row_sql, row_params = _example_rows(spec, per_row, bool(shared))
+    columns, keys = _split(_fetch(con, row_sql, {**row_params, **params}), "key_")
+    if not shared:
+        return Frame(columns=columns, keys=keys)
+    user_index = columns.pop("user_index").astype(np.int64)
+    if (user_index < 0).any():
+        raise ValueError(f"{int((user_index < 0).sum())} rows of {TRAINING_TABLE} with ds in [{ds_from}, {ds_to}] "
+                         f"have no row of {HISTORIES_TABLE} with their (ds, event_id); rerun `recsys transform`")
+    history_sql, history_params = _history_rows(spec, shared)
+    user_columns = _fetch(con, history_sql, {**history_params, **params})
+    return Frame(columns=columns, keys=keys, user_columns=user_columns, user_index=user_index)
 
 
 def _user_side_query(spec: FeatureSpecs, user_features: tuple[FeatureSpec, ...],
@@ -296,6 +387,6 @@ def clamp_to_vocab(batch: dict[str, np.ndarray], feature_map: dict[str, Any]) ->
     out = dict(batch)
     for f in feature_map["features"]:
         name, group = f["name"], f.get("group")
-        if name in out and group in sizes and f["kind"] in ("categorical", "sequence"):
+        if name in out and group in sizes and f["kind"] in ("categorical", "sequence", "session"):
             out[name] = np.where(out[name] >= sizes[group], UNKNOWN, out[name])
     return out

@@ -15,8 +15,11 @@ from typing import Any
 import yaml
 
 DEFAULT_SPECS = Path(__file__).resolve().parent / "specs.yaml"
-KINDS = ("categorical", "numeric", "sequence")
-ROLES = ("target", "user", "context", "history")
+KINDS = ("categorical", "numeric", "sequence", "session")
+ROLES = ("target", "user", "context", "history", "negative_history", "sessions")
+# which roles each list kind may have: a sequence is a behaviour history or DIEN's sampled negatives
+# aligned with one; a session feature is DSIN's [S, L] sessions
+LIST_ROLES = {"sequence": ("history", "negative_history"), "session": ("sessions",)}
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -46,13 +49,20 @@ class FeatureSpec:
     scoring_source: Source | None
     group: str | None
     default: float
-    max_len: int | None = None
-    target: str | None = None
+    max_len: int | None = None         # sequence: T; session: L, behaviours per session
+    target: str | None = None          # history / sessions: the target feature attended against
+    positive: str | None = None        # negative_history: the history it is aligned with
+    max_sessions: int | None = None    # session: S, sessions per example
 
     @property
     def encoded(self) -> bool:
-        """Whether values go through a vocabulary (categorical and sequence features)."""
-        return self.kind in ("categorical", "sequence")
+        """Whether values go through a vocabulary (categorical, sequence and session features)."""
+        return self.kind in ("categorical", "sequence", "session")
+
+    @property
+    def depth(self) -> int:
+        """List nesting of the mart column: 0 scalar, 1 sequence [T], 2 sessions [S, L]."""
+        return {"sequence": 1, "session": 2}.get(self.kind, 0)
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,12 @@ class FeatureSpecs:
         features = []
         for f in self.features:
             entry: dict[str, Any] = {"name": f.name, "kind": f.kind, "group": f.group, "role": f.role}
-            if f.kind == "sequence":
+            if f.role == "negative_history":
+                entry.update(max_len=f.max_len, positive=f.positive)
+            elif f.kind == "sequence":
                 entry.update(max_len=f.max_len, target=f.target)
+            elif f.kind == "session":
+                entry.update(max_len=f.max_len, target=f.target, max_sessions=f.max_sessions)
             features.append(entry)
         sizes = {g: int(vocab_sizes[g]) for g in self.groups}
         return {"features": features, "vocab_sizes": sizes, "label": self.label, "length": self.length}
@@ -102,21 +116,27 @@ def _feature(raw: dict[str, Any]) -> FeatureSpec:
         raise ValueError(f"feature {name!r}: kind {kind!r} is not one of {KINDS}")
     if role not in ROLES:
         raise ValueError(f"feature {name!r}: role {role!r} is not one of {ROLES}")
-    if (kind == "sequence") != (role == "history"):
-        raise ValueError(f"feature {name!r}: sequences and only sequences have role 'history'")
+    if (role in LIST_ROLES.get(kind, ())) != (kind in LIST_ROLES) or (
+            kind not in LIST_ROLES and role in ("history", "negative_history", "sessions")):
+        raise ValueError(f"feature {name!r}: kind {kind!r} cannot have role {role!r} (sequences have role "
+                         f"history or negative_history, sessions role sessions, others neither)")
     group = raw.get("group")
     if kind != "numeric" and not (isinstance(group, str) and _IDENTIFIER.match(group)):
         raise ValueError(f"feature {name!r}: a {kind} feature needs a group (embedding table)")
-    max_len = raw.get("max_len")
-    if kind == "sequence" and not (isinstance(max_len, int) and max_len > 0):
-        raise ValueError(f"feature {name!r}: a sequence needs a positive integer max_len")
+    max_len, max_sessions = raw.get("max_len"), raw.get("max_sessions")
+    if kind in LIST_ROLES and not (isinstance(max_len, int) and max_len > 0):
+        raise ValueError(f"feature {name!r}: a {kind} feature needs a positive integer max_len")
+    if kind == "session" and not (isinstance(max_sessions, int) and max_sessions > 0):
+        raise ValueError(f"feature {name!r}: a session feature needs a positive integer max_sessions")
     scoring = raw.get("scoring_source")
-    default = raw.get("default", {"categorical": 1, "sequence": 0, "numeric": 0.0}[kind])
+    default = raw.get("default", {"categorical": 1, "numeric": 0.0}.get(kind, 0))
     return FeatureSpec(
         name=name, kind=kind, role=role, source=Source.parse(raw.get("source", ""), name),
         scoring_source=Source.parse(scoring, name) if scoring else None,
         group=group if kind != "numeric" else None, default=float(default),
-        max_len=max_len if kind == "sequence" else None, target=raw.get("target"))
+        max_len=max_len if kind in LIST_ROLES else None, target=raw.get("target"),
+        positive=raw.get("positive") if role == "negative_history" else None,
+        max_sessions=max_sessions if kind == "session" else None)
 
 
 def _check_relations(features: tuple[FeatureSpec, ...]) -> None:
@@ -125,11 +145,16 @@ def _check_relations(features: tuple[FeatureSpec, ...]) -> None:
         raise ValueError(f"duplicate feature names in the spec: {names}")
     by_name = dict(zip(names, features, strict=True))
     for f in features:
-        if f.kind != "sequence":
-            continue
-        target = by_name.get(f.target or "")
-        if target is None or target.group != f.group:
-            raise ValueError(f"sequence {f.name!r}: target {f.target!r} must be a feature of group {f.group!r}")
+        if f.role == "negative_history":
+            positive = by_name.get(f.positive or "")
+            if positive is None or positive.role != "history" or (positive.group, positive.max_len) != (
+                    f.group, f.max_len):
+                raise ValueError(f"negative history {f.name!r}: positive {f.positive!r} must be a history of "
+                                 f"group {f.group!r} with max_len {f.max_len}")
+        elif f.kind in LIST_ROLES:
+            target = by_name.get(f.target or "")
+            if target is None or target.group != f.group:
+                raise ValueError(f"{f.kind} {f.name!r}: target {f.target!r} must be a feature of group {f.group!r}")
 
 
 def load_spec(path: str | Path | None = None) -> FeatureSpecs:

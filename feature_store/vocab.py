@@ -49,27 +49,28 @@ def require_vocab(con: duckdb.DuckDBPyConnection) -> None:
         raise RuntimeError(f"{VOCAB_TABLE} does not exist yet; `recsys train --ds <date>` builds it")
 
 
-def _sources(spec: FeatureSpecs) -> list[tuple[str, Source, bool]]:
-    """(group, source, is_list) for every place an encoded feature is read, training and scoring."""
+def _sources(spec: FeatureSpecs) -> list[tuple[str, Source, int]]:
+    """(group, source, list depth) for every place an encoded feature is read, training and scoring."""
     found = []
     for feature in spec.features:
         if not feature.encoded:
             continue
         for source in (feature.source, feature.scoring_source):
-            if source is not None and (feature.group, source, feature.kind == "sequence") not in found:
-                found.append((feature.group, source, feature.kind == "sequence"))
+            if source is not None and (feature.group, source, feature.depth) not in found:
+                found.append((feature.group, source, feature.depth))
     return found
 
 
 def _stage_seen_values(con: duckdb.DuckDBPyConnection, ds_from: str, ds_to: str, spec: FeatureSpecs) -> None:
     """Temp table vocab_seen(feature_group, raw_value): every non-null value of the window."""
     con.execute("CREATE OR REPLACE TEMP TABLE vocab_seen (feature_group VARCHAR, raw_value VARCHAR)")
-    for group, source, is_list in _sources(spec):
+    for group, source, depth in _sources(spec):
         if not table_exists(con, source.table):
             log.info("vocab: %s does not exist yet; skipped", source.table)
             continue
         # table/column come from the validated spec (plain identifiers); dates and group are bound
-        value = f"unnest({source.column})" if is_list else source.column
+        # sessions (list of lists) are flattened first; a column holds one depth only
+        value = {0: source.column, 1: f"unnest({source.column})", 2: f"unnest(flatten({source.column}))"}[depth]
         con.execute(f"""
             INSERT INTO vocab_seen
             SELECT feature_group, raw_value FROM (

@@ -23,3 +23,12 @@
     {%- endif -%}
     {{ raw | int }}
 {%- endmacro %}
+
+{#- A non-negative number var (e.g. an exponent) as a DOUBLE literal. -#}
+{% macro float_var(name) -%}
+    {%- set raw = var(name) -%}
+    {%- if not modules.re.fullmatch('[0-9]+([.][0-9]+)?([eE][-+]?[0-9]+)?', raw | string) -%}
+        {{ exceptions.raise_compiler_error("var " ~ name ~ " must be a non-negative number, got '" ~ raw ~ "'") }}
+    {%- endif -%}
+    cast({{ raw | float }} as double)
+{%- endmacro %}

@@ -22,8 +22,12 @@ from recsys.warehouse import connect
 
 D1, D2, D3 = "2024-01-01", "2024-01-02", "2024-01-03"
 MAX_LEN, NEGATIVES, PER_USER = 3, 2, 4
+SESSIONS, SESSION_LEN = 2, 2  # DSIN: the last 2 sessions of at most 2 behaviours each
 MARTS = ["marts.user_histories", "marts.user_features", "marts.item_features", "marts.training_examples",
-         "marts.scoring_candidates"]
+         "marts.training_histories", "marts.scoring_candidates"]
+# every example with its positive's history row (stored once per positive, shared by event_id)
+EXAMPLES_WITH_HISTORY = ("(SELECT e.*, h.* EXCLUDE (ds, event_id, user_id, event_at) FROM marts.training_examples e "
+                         "JOIN marts.training_histories h USING (ds, event_id))")
 
 # (ds, user, item, behavior, time of day): user 1 shows the gap edges and a tie at one instant, user 2 a
 # session that runs over midnight into the next ds, user 3 a single event, user 4 only a profile, user 5
@@ -104,6 +108,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     mp = pytest.MonkeyPatch()
     mp.setenv("RECSYS_HOME", str(home))
     cfg = load_config(overrides={"features.history_max_len": MAX_LEN, "features.negatives_per_positive": NEGATIVES,
+                                 "features.popularity_negatives_per_positive": 1,
+                                 "features.dsin_max_sessions": SESSIONS, "features.dsin_session_len": SESSION_LEN,
                                  "features.candidates_per_user": PER_USER, "features.candidate_window_days": 2})
     seed_raw(cfg)
     results = {ds: build(cfg, ds) for ds in (D1, D2, D3)}
@@ -153,9 +159,12 @@ def test_training_histories_strictly_before_the_event(built: Built) -> None:
         by_user[u].append((at, i, b, s, c))
     examples = query(built.cfg, "SELECT ds, user_id, item_id, label, event_at, item_id_history, behavior_history, "
                                 "session_number_history, category_history, history_length, age "
-                                "FROM marts.training_examples ORDER BY ds, event_at, example_id")
+                                f"FROM {EXAMPLES_WITH_HISTORY} ORDER BY ds, event_at, example_id")
     positives = [e for e in examples if e[3] == 1]
     assert len(positives) == len(EXPECTED_SESSIONS)  # every event of every ds, once
+    # every example found its positive's history row; one history row per positive
+    assert len(examples) == query(built.cfg, "SELECT count(*) FROM marts.training_examples")[0][0]
+    assert query(built.cfg, "SELECT count(*) FROM marts.training_histories")[0][0] == len(positives)
     for ds, user, _, _, at, items, behaviors, sessions, categories, length, _ in examples:
         before = [e for e in by_user[user] if e[0] < at][-MAX_LEN:]  # recomputed: strictly earlier, last N
         assert items == [e[1] for e in before] and behaviors == [e[2] for e in before], (ds, user, at)
@@ -169,11 +178,11 @@ def test_training_histories_strictly_before_the_event(built: Built) -> None:
 
 
 def test_negatives_untouched_shared_context_and_counted(built: Built) -> None:
-    rows = query(built.cfg, """
+    rows = query(built.cfg, f"""
         SELECT t.ds, t.user_id, t.item_id, t.label, t.event_at, t.item_id_history, t.category,
                (SELECT count(*) FROM intermediate.int_events_sessionized e
                 WHERE e.user_id = t.user_id AND e.item_id = t.item_id AND e.ds <= t.ds) AS touched
-        FROM marts.training_examples t""")
+        FROM {EXAMPLES_WITH_HISTORY} t""")
     negatives = [r for r in rows if r[3] == 0]
     assert negatives and all(r[7] == 0 for r in negatives)  # never an item the user touched up to ds
     assert len(negatives) == NEGATIVES * (len(rows) - len(negatives))  # 20 items: no shortfall here
@@ -192,7 +201,7 @@ def test_scoring_candidates_exclude_touched_items(built: Built) -> None:
         assert not any((d, user, item) in touched for d in (D1, D2, D3) if d <= str(ds)), (ds, user, item)
         per_user[(str(ds), user)].append(item)
     assert all(len(items) == len(set(items)) <= PER_USER for items in per_user.values())
-    assert {u for _, u in per_user} == {1, 2, 3, 5}  # user 4 has a profile but no behaviour
+    assert {u for _, u in per_user} == {1, 2, 3, 4, 5}  # user 4: a profile but no behaviour (cold start)
     # D1 popularity: 101 and 105 (2 events), then 100, 102, 106, 107; every top category here is 'a' or 'b'
     day1 = {(u, i, c, s) for u, i, c, s in query(
         built.cfg, "SELECT user_id, item_id, category, candidate_source FROM marts.scoring_candidates WHERE ds = ?",
@@ -203,6 +212,8 @@ def test_scoring_candidates_exclude_touched_items(built: Built) -> None:
         (2, 102, "a", "global_popular"),  # capped at 4; 107, the only 'b' item, is user 2's own
         (5, 101, "a", "category_popular"), (5, 100, "a", "category_popular"), (5, 102, "a", "category_popular"),
         (5, 107, "b", "global_popular"),
+        (4, 101, "a", "cold_start_popular"), (4, 105, "a", "cold_start_popular"),
+        (4, 100, "a", "cold_start_popular"), (4, 102, "a", "cold_start_popular"),
     }
 
 
@@ -232,7 +243,8 @@ def test_full_refresh_rebuilds_events_and_keeps_past_mart_partitions(built: Buil
 def test_result_names_nodes_and_hashes_the_manifest(built: Built) -> None:
     result = built.results[D3]
     manifest = Path(built.cfg.paths.dbt_target) / "manifest.json"
-    assert set(result.models) >= {"int_events_sessionized", "training_examples", "scoring_candidates"}
+    assert set(result.models) >= {"int_events_sessionized", "training_examples", "training_histories",
+                                  "scoring_candidates"}
     assert "test.recsys.assert_no_history_leakage" in result.nodes and result.tests_passed > 20
     assert any(n.startswith("unit_test.recsys.int_events_sessionized.") for n in result.nodes)
     assert result.project_sha256 == project_fingerprint(manifest)
@@ -282,3 +294,121 @@ def test_ds_and_vars_are_validated_before_sql_runs(built: Built) -> None:
     args = dbt_args(built.cfg, D3, select="marts")
     assert args[0] == "build" and args[-2:] == ["--select", "marts"]
     assert '"ds": "2024-01-03"' in args[args.index("--vars") + 1]
+
+
+def expected_sessions(timeline: list[tuple], end: int) -> tuple[list[list[int]], list[list[str | None]]]:
+    """DSIN sessions of timeline[:end] ((session_number, item, category) in order): the last SESSIONS
+    sessions, oldest first, each its last SESSION_LEN behaviours."""
+    prior = timeline[:end]
+    numbers = sorted({s for s, _, _ in prior})[-SESSIONS:]
+    items = [[i for s, i, _ in prior if s == n][-SESSION_LEN:] for n in numbers]
+    categories = [[c for s, _, c in prior if s == n][-SESSION_LEN:] for n in numbers]
+    return items, categories
+
+
+def test_training_sessions_strictly_before_the_event(built: Built) -> None:
+    by_user = defaultdict(list)
+    for u, i, _, at, _, s, c, _ in events(built.cfg):
+        by_user[u].append((at, s, i, c))
+    rows = query(built.cfg, "SELECT user_id, item_id, event_at, session_item_ids, session_category_ids "
+                            f"FROM {EXAMPLES_WITH_HISTORY}")
+    assert rows
+    for user, item, at, session_items, session_categories in rows:
+        timeline = [(s, i, c) for t, s, i, c in by_user[user]]
+        before = sum(1 for t, *_ in by_user[user] if t < at)  # strictly earlier events
+        assert (session_items, session_categories) == expected_sessions(timeline, before), (user, item, at)
+    sessions = {(u, i, str(at.time())): s for u, i, at, s, _ in rows}
+    assert sessions[(1, 101, "09:00:00")] == [[100, 101], [101, 102]]  # sessions 1 and 2, the 11:01 tie kept
+    assert sessions[(1, 102, "11:01:00")] == [[100, 101]]  # the cart at the same instant is not before it
+    assert sessions[(2, 107, "23:50:00")] == []  # the user's first event: no sessions
+
+
+def test_user_histories_sessions_as_of_end_of_ds(built: Built) -> None:
+    by_user = defaultdict(list)
+    for u, i, _, _, _, s, c, ds in events(built.cfg):
+        by_user[u].append((str(ds), s, i, c))
+    rows = query(built.cfg, "SELECT ds, user_id, session_item_ids, session_category_ids FROM marts.user_histories")
+    assert rows
+    for ds, user, session_items, session_categories in rows:
+        timeline = [(s, i, c) for d, s, i, c in by_user[user] if d <= str(ds)]
+        assert (session_items, session_categories) == expected_sessions(timeline, len(timeline)), (ds, user)
+
+
+def test_dien_negatives_align_with_history_and_were_never_touched(built: Built) -> None:
+    rows = query(built.cfg, """
+        SELECT t.ds, t.user_id, t.history_length, t.neg_item_id_history, t.neg_category_history,
+               (SELECT list(DISTINCT e.item_id) FROM intermediate.int_events_sessionized e
+                WHERE e.user_id = t.user_id AND e.ds <= t.ds) AS touched,
+               (SELECT map_from_entries(list((f.item_id, f.category))) FROM marts.item_features f
+                WHERE f.ds = t.ds) AS categories
+        FROM marts.training_histories t""")
+    assert any(r[2] > 0 for r in rows)
+    for ds, user, length, negatives, neg_categories, touched, categories in rows:
+        assert len(negatives) == len(neg_categories) == length, (ds, user)
+        assert all(n is not None and n not in touched for n in negatives), (ds, user, negatives)
+        assert neg_categories == [categories[n] for n in negatives]  # the item's category as of ds
+
+
+def test_negative_samplers_split_and_popular_items_are_active(built: Built) -> None:
+    rows = query(built.cfg, """
+        SELECT t.ds, t.event_at, t.user_id, t.negative_sampler, f.events_30d
+        FROM marts.training_examples t
+        LEFT JOIN marts.item_features f ON f.ds = t.ds AND f.item_id = t.item_id
+        WHERE t.label = 0""")
+    per_positive = defaultdict(list)
+    for ds, at, user, sampler, events_30d in rows:
+        per_positive[(ds, at, user)].append(sampler)
+        if sampler == "popularity":
+            assert events_30d > 0  # weight events_30d ** 0.75: items without events are never drawn
+    # one of each per positive (two positives of user 1 share an instant, hence the key's multiples)
+    assert per_positive and all(s.count("uniform") == s.count("popularity") == len(s) / 2 > 0
+                                for s in per_positive.values())
+    labels = query(built.cfg, "SELECT DISTINCT label, negative_sampler IS NULL FROM marts.training_examples")
+    assert sorted(labels) == [(0, False), (1, True)]
+
+
+def test_user_and_item_features_windows(built: Built) -> None:
+    users = query(built.cfg, "SELECT user_id, views_1d, views_7d, carts_30d, buys_7d, top_category_30d, "
+                             "top_category_share_30d FROM marts.user_features WHERE ds = ? ORDER BY user_id", [D2])
+    assert users[0] == (1, 1, 4, 1, 1, "a", 1.0)  # user 1: views 100, 101, 102 (D1), 103 (D2), a cart, a buy
+    assert users[1] == (2, 3, 4, 0, 0, "b", 0.75)  # 107 (b), 108 (b), 100 ('z' as of D2), 110 (b)
+    items = query(built.cfg, "SELECT item_id, price_bucket, events_1d, events_30d, buys_30d, conversion_30d "
+                             "FROM marts.item_features WHERE ds = ? AND item_id IN (101, 105, 119) ORDER BY item_id",
+                  [D2])
+    # 101: view + cart on D1, buy on D2; 105: view + buy on D1; 119: catalogue only; price 9.5 -> bucket 3
+    assert items == [(101, 3, 1, 3, 1, 1.0), (105, 3, 0, 2, 1, 1.0), (119, 3, 0, 0, 0, None)]
+
+
+@pytest.mark.parametrize("tamper", [
+    # the example's own item appended as a (future) session
+    "session_item_ids = list_append(session_item_ids, [e.item_id]), "
+    "session_category_ids = list_append(session_category_ids, [e.category])",
+    # a DIEN negative the user did touch: the positive's own item
+    "neg_item_id_history = list_prepend(e.item_id, list_slice(neg_item_id_history, 2, -1))",
+    # the event itself as the newest history element (same length, shifted by one)
+    "item_id_history = list_append(list_slice(item_id_history, 2, -1), e.item_id)",
+], ids=["session-after-the-event", "touched-dien-negative", "event-in-its-own-history"])
+def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Path, tamper: str) -> None:
+    cfg = relocated(built.cfg, tmp_path)
+    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
+    con = connect(cfg, read_only=False)
+    con.execute(f"UPDATE marts.training_histories h SET {tamper} FROM marts.training_examples e "
+                "WHERE e.ds = h.ds AND e.event_id = h.event_id AND e.label = 1 AND h.ds = ? AND h.history_length > 0",
+                [D3])
+    con.close()
+    with pytest.raises(TransformError, match="assert_no_history_leakage"):
+        build(cfg, D3, select="assert_no_history_leakage")
+
+
+@pytest.mark.parametrize("tamper", [
+    "UPDATE marts.training_examples SET event_id = event_id || 'x' WHERE ds = ? AND label = 0",
+    "DELETE FROM marts.training_examples WHERE ds = ? AND label = 1",
+], ids=["negative-without-its-history", "history-without-its-positive"])
+def test_leakage_test_catches_examples_unlinked_from_histories(built: Built, tmp_path: Path, tamper: str) -> None:
+    cfg = relocated(built.cfg, tmp_path)
+    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
+    con = connect(cfg, read_only=False)
+    con.execute(tamper, [D3])
+    con.close()
+    with pytest.raises(TransformError, match="assert_no_history_leakage"):
+        build(cfg, D3, select="assert_no_history_leakage")

@@ -20,24 +20,49 @@ D1, D2 = "2024-01-01", "2024-01-02"
 SPEC_PATH = Path(__file__).resolve().parents[2] / "feature_store" / "specs.yaml"
 SPEC = load_spec(SPEC_PATH)
 T = SPEC["item_id_history"].max_len
+S, L = SPEC["session_item_ids"].max_sessions, SPEC["session_item_ids"].max_len
 
 EXAMPLES = pa.schema([
-    ("ds", pa.date32()), ("example_id", pa.string()), ("user_id", pa.int64()), ("item_id", pa.int64()),
-    ("category", pa.string()), ("label", pa.int32()), ("event_at", pa.timestamp("us")), ("age", pa.int32()),
-    ("gender", pa.string()), ("occupation", pa.string()), ("city", pa.string()), ("hour", pa.int32()),
-    ("weekday", pa.int32()), ("device", pa.string()), ("item_id_history", pa.list_(pa.int64())),
+    ("ds", pa.date32()), ("example_id", pa.string()), ("event_id", pa.string()), ("user_id", pa.int64()),
+    ("item_id", pa.int64()), ("category", pa.string()), ("label", pa.int32()), ("event_at", pa.timestamp("us")),
+    ("age", pa.int32()), ("gender", pa.string()), ("occupation", pa.string()), ("city", pa.string()),
+    ("hour", pa.int32()), ("weekday", pa.int32()), ("device", pa.string())])
+HISTORIES = pa.schema([
+    ("ds", pa.date32()), ("event_id", pa.string()), ("user_id", pa.int64()), ("event_at", pa.timestamp("us")),
+    ("item_id_history", pa.list_(pa.int64())),
     ("category_history", pa.list_(pa.string())), ("behavior_history", pa.list_(pa.string())),
-    ("session_number_history", pa.list_(pa.int32())), ("history_length", pa.int32())])
+    ("session_number_history", pa.list_(pa.int32())), ("history_length", pa.int32()),
+    ("neg_item_id_history", pa.list_(pa.int64())), ("neg_category_history", pa.list_(pa.string())),
+    ("session_item_ids", pa.list_(pa.list_(pa.int64()))), ("session_category_ids", pa.list_(pa.list_(pa.string())))])
 
 
 def example(ds: str, eid: str, user: int, item: int, category: str | None, label: int,
-            items: list[int], categories: list[str | None], age: int | None = 30, hour: int = 10) -> dict:
-    """One training example row with a consistent history (every list as long as `items`)."""
-    return {"ds": date.fromisoformat(ds), "example_id": eid, "user_id": user, "item_id": item, "category": category,
+            items: list[int], categories: list[str | None], age: int | None = 30, hour: int = 10,
+            sessions: list[list[int]] | None = None, event: str | None = None) -> dict:
+    """One training example with a consistent history (every list as long as `items`); the DIEN
+    negative of every history position is the target item, DSIN sessions default to one session holding
+    the history (so the vocabularies hold the same values as without them). `event`: the positive whose
+    history row it shares (default: its own id)."""
+    sessions = [items] if sessions is None and items else sessions or []
+    return {"ds": date.fromisoformat(ds), "example_id": eid, "event_id": event or eid, "user_id": user,
+            "item_id": item, "category": category,
             "label": label, "event_at": datetime.fromisoformat(f"{ds}T{hour:02d}:00:00"), "age": age,
             "gender": "F", "occupation": "writer", "city": "x", "hour": hour, "weekday": 1, "device": "web",
             "item_id_history": items, "category_history": categories, "behavior_history": ["view"] * len(items),
-            "session_number_history": [1] * len(items), "history_length": len(items)}
+            "session_number_history": [1] * len(items), "history_length": len(items),
+            "neg_item_id_history": [None if i is None else item for i in items],
+            "neg_category_history": [category] * len(items),
+            "session_item_ids": sessions, "session_category_ids": [["drama"] * len(x) for x in sessions]}
+
+
+def create_training(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
+    """marts.training_examples (one row per example) and marts.training_histories (one row per event_id,
+    the lists of its first example) from `example` rows."""
+    create(con, "training_examples", pa.Table.from_pylist(rows, schema=EXAMPLES))
+    events: dict[str, dict] = {}
+    for row in rows:
+        events.setdefault(row["event_id"], row)
+    create(con, "training_histories", pa.Table.from_pylist(list(events.values()), schema=HISTORIES))
 
 
 def create(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
@@ -58,13 +83,13 @@ def con(cfg: Config):
     long_history = list(range(100, 160))  # 60 > max_len: only the last 50 are kept
     rows = [
         example(D1, "a", 1, 10, "drama", 1, [11, 12], ["drama", "drama"]),
-        example(D1, "b", 1, 20, "comedy", 0, [11, 12], ["drama", "drama"]),
+        example(D1, "b", 1, 20, "comedy", 0, [11, 12], ["drama", "drama"], event="a"),  # a's negative
         example(D1, "c", 2, 12, None, 1, [], [], age=None),  # NULL category, NULL age, empty history
         example(D2, "d", 2, 30, "horror", 1, [12, 99, None], ["drama", "sci-fi", None], hour=23),
         example(D2, "e", 3, 10, "drama", 0, long_history, ["drama"] * 60),
     ]
     connection = connect(cfg, read_only=False)
-    create(connection, "training_examples", pa.Table.from_pylist(rows, schema=EXAMPLES))
+    create_training(connection, rows)
     yield connection
     connection.close()
 
@@ -111,7 +136,7 @@ def test_training_frame_shapes_padding_and_order(con: duckdb.DuckDBPyConnection)
     items = vocab(con)
     assert len(frame) == 5 and frame.keys["user_id"].tolist() == [1, 1, 2, 2, 3]  # ordered by (ds, example_id)
     for f in SPEC.features:
-        expected = (5, T) if f.kind == "sequence" else (5,)
+        expected = {"sequence": (5, T), "session": (5, S, L)}.get(f.kind, (5,))
         assert frame[f.name].shape == expected and frame[f.name].dtype == np.int64, f.name
     assert frame["label"].dtype == np.float32 and frame["label"].tolist() == [1, 0, 1, 1, 0]
     assert frame["history_length"].tolist() == [2, 2, 0, 3, T]
@@ -129,7 +154,8 @@ def test_scoring_frame_joins_user_state_as_of_ds(con: duckdb.DuckDBPyConnection)
         "ds": [day], "user_id": [1], "item_id_history": [[10, 30]], "category_history": [["drama", "horror"]],
         "behavior_history": [["view", "buy"]],
         "event_at_history": [[datetime(2024, 1, 2, 9), datetime(2024, 1, 2, 10)]],
-        "session_number_history": [[1, 1]], "history_length": [2]}))
+        "session_number_history": [[1, 2]], "history_length": [2],
+        "session_item_ids": [[[10], [30]]], "session_category_ids": [[["drama"], ["horror"]]]}))
     create(con, "user_features", pa.table({
         "ds": [day, day], "user_id": [1, 2], "age": [30, 45], "gender": ["F", "M"], "occupation": ["writer", "x"],
         "city": ["a", "b"], "events_1d": [2, 0], "events_7d": [2, 1], "events_30d": [2, 1],
@@ -152,6 +178,13 @@ def test_scoring_frame_joins_user_state_as_of_ds(con: duckdb.DuckDBPyConnection)
     assert frame["age"][2] == items[("age", "45")] and frame["item_id"][0] == items[("item", "12")]
     batch = frame.batch(np.array([2, 0]))
     assert batch["item_id_history"].shape == (2, T) and batch["history_length"].tolist() == [0, 2]
+    # DSIN sessions as of ds, per user [U, S, L]; user 2 has none: all zero
+    assert frame.user_columns["session_item_ids"].shape == (2, S, L) and batch["session_item_ids"].shape == (2, S, L)
+    assert frame["session_item_ids"][0, :3, :2].tolist() == [[items[("item", "10")], 0], [items[("item", "30")], 0],
+                                                              [0, 0]]
+    assert not frame["session_item_ids"][2].any() and not frame["session_category_ids"][2].any()
+    # DIEN negatives are training-only: all padding at scoring time
+    assert frame["neg_item_id_history"].shape == (3, T) and not frame["neg_item_id_history"].any()
 
 
 def test_feature_map_matches_the_spec(con: duckdb.DuckDBPyConnection) -> None:
@@ -175,6 +208,34 @@ def test_clamp_maps_indices_beyond_a_model_vocab_to_unknown() -> None:
     out = clamp_to_vocab(batch, fmap)
     assert out["item_id"].tolist() == [2, 4, 1, 1]
     assert out["item_id_history"].tolist() == [[3, 1, 0], [1, 1, 0]]
+    # DIEN negatives [B, T] and DSIN sessions [B, S, L] too; padding (0) stays padding
+    batch = {"neg_item_id_history": np.array([[4, 5, 0]]),
+             "session_item_ids": np.array([[[2, 6, 0], [0, 0, 0]]]), "session_category_ids": np.array([[[9, 0, 0]]])}
+    out = clamp_to_vocab(batch, fmap)
+    assert out["neg_item_id_history"].tolist() == [[4, 1, 0]]
+    assert out["session_item_ids"].tolist() == [[[2, 1, 0], [0, 0, 0]]]
+    assert out["session_category_ids"].tolist() == [[[1, 0, 0]]]
+
+
+def test_training_frame_stores_each_positive_history_once(con: duckdb.DuckDBPyConnection) -> None:
+    update_vocab(con, D1, D2, SPEC)
+    frame = training_frame(con, D1, D2, SPEC)
+    # 5 examples, 4 history rows (b is a's negative); ordered by (ds, event_id): a, c, d, e
+    assert frame.user_columns["item_id_history"].shape == (4, T)
+    assert frame.user_columns["session_item_ids"].shape == (4, S, L)
+    assert frame.user_index.tolist() == [0, 0, 1, 2, 3] and "item_id_history" not in frame.columns
+    assert (frame["item_id_history"][0] == frame["item_id_history"][1]).all()  # the negative shares it
+    sub = frame.take(np.array([4, 1]))
+    batch = sub.batch(np.array([0, 1]), ("item_id", "item_id_history", "history_length", "label"))
+    assert batch["item_id_history"].shape == (2, T) and batch["history_length"].tolist() == [T, 2]
+    assert batch["label"].tolist() == [0.0, 0.0] and sub.user_columns is frame.user_columns
+
+
+def test_training_frame_refuses_examples_without_a_history_row(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DELETE FROM marts.training_histories WHERE event_id = 'a'")
+    update_vocab(con, D1, D2, SPEC)
+    with pytest.raises(ValueError, match="2 rows of marts.training_examples .* no row of marts.training_histories"):
+        training_frame(con, D1, D2, SPEC)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -206,3 +267,28 @@ def test_numeric_features_pass_through_with_their_default(con: duckdb.DuckDBPyCo
     assert frame["weekday"].dtype == np.float32 and frame["weekday"].tolist() == [1.0, 1.0, 1.0, 1.0, -1.0]
     assert "weekday" not in {g for g, _ in vocab(con)} and spec["weekday"].group is None
     assert feature_map(con, spec).get("weekday").kind == "numeric"
+
+
+def test_dien_negatives_and_dsin_sessions_encode_to_fixed_arrays(con: duckdb.DuckDBPyConnection) -> None:
+    seven_sessions = [[200 + k] for k in range(S + 2)]  # only the most recent S are kept
+    long_session = list(range(300, 300 + L + 3))  # only its most recent L behaviours are kept
+    rows = [example(D1, "s1", 7, 10, "drama", 1, [11, 12, 20], ["drama"] * 3, sessions=[[11], [12, 20]]),
+            example(D1, "s2", 8, 10, "drama", 1, [], []),
+            example(D1, "s3", 9, 10, "drama", 1, [11], ["drama"], sessions=seven_sessions + [long_session])]
+    create_training(con, rows)
+    update_vocab(con, D1, D1, SPEC)
+    frame, items = training_frame(con, D1, D1, SPEC), vocab(con)
+    idx = {v: i for (g, v), i in items.items() if g == "item"}
+    negatives = frame["neg_item_id_history"]
+    assert negatives.shape == (3, T) and negatives.dtype == np.int64
+    # aligned with the history: one negative per valid position, 0 where the history is padding
+    assert ((negatives != 0) == (frame["item_id_history"] != 0)).all()
+    assert negatives[0, :4].tolist() == [idx["10"]] * 3 + [0]
+    sessions = frame["session_item_ids"]
+    assert sessions.shape == (3, S, L) and sessions.dtype == np.int64
+    assert sessions[0, :3, :3].tolist() == [[idx["11"], 0, 0], [idx["12"], idx["20"], 0], [0, 0, 0]]
+    assert not sessions[1].any()  # no sessions at all
+    kept = [[idx[str(200 + k)]] + [0] * (L - 1) for k in range(3, S + 2)]  # the last S - 1 single-item sessions
+    assert sessions[2].tolist() == kept + [[idx[str(i)] for i in long_session[-L:]]]
+    categories = frame["session_category_ids"]
+    assert ((categories != 0) == (sessions != 0)).all()

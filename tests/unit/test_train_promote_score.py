@@ -48,18 +48,30 @@ def _items_of(rng: np.random.Generator, category: int, n: int, other: bool = Fal
     return rng.choice(pool, size=n)
 
 
+def sessions_of(history: list[int], size: int = 3, max_sessions: int = 5, max_len: int = 10) -> list[list[int]]:
+    """The history cut into sessions of `size` behaviours (oldest first): the DSIN columns of the contract."""
+    chunks = [history[i:i + size] for i in range(0, len(history), size)]
+    return [c[-max_len:] for c in chunks[-max_sessions:]]
+
+
 def _example(day: str, example_id: str, user: int, item: int, label: int, when: datetime,
-             history: list[int]) -> dict:
+             history: list[int], negatives: list[int]) -> dict:
+    sessions = sessions_of(history)
     return {"ds": date.fromisoformat(day), "example_id": example_id, "user_id": user, "item_id": item,
             "category": f"c{item % N_CATEGORIES}", "label": label, "event_at": when, "age": int(20 + user % 5),
             "gender": "FM"[user % 2], "occupation": f"o{user % 4}", "city": "x", "hour": when.hour,
             "weekday": when.weekday(), "device": "web", "item_id_history": history,
             "category_history": list(category_of(np.array(history))), "behavior_history": ["view"] * len(history),
-            "session_number_history": [1] * len(history), "history_length": len(history)}
+            "session_number_history": [1] * len(history), "history_length": len(history),
+            # DIEN / DSIN columns of the contract (extra columns are harmless to older specs)
+            "neg_item_id_history": negatives, "neg_category_history": list(category_of(np.array(negatives))),
+            "session_item_ids": sessions,
+            "session_category_ids": [list(category_of(np.array(sess))) for sess in sessions]}
 
 
 def build_marts(con: duckdb.DuckDBPyConnection, seed: int = 0) -> None:
-    """marts.training_examples for DAYS plus user_histories / user_features / scoring_candidates of the last day."""
+    """marts.training_examples / training_histories for DAYS plus user_histories / user_features /
+    scoring_candidates of the last day."""
     rng = np.random.default_rng(seed)
     favourite = rng.integers(0, N_CATEGORIES, N_USERS)
     histories = {u: list(_items_of(rng, favourite[u], 3)) for u in range(N_USERS)}  # behaviour before DAYS[0]
@@ -69,10 +81,11 @@ def build_marts(con: duckdb.DuckDBPyConnection, seed: int = 0) -> None:
             history, when = list(histories[u][-50:]), datetime.fromisoformat(day) + timedelta(hours=int(u % 24))
             positive = int(_items_of(rng, favourite[u], 1)[0])
             candidates = [(positive, 1)] + [(int(i), 0) for i in _items_of(rng, favourite[u], 2, other=True)]
-            examples += [_example(day, f"{day}-{u}-{j}", u, item, label, when, history)
-                         for j, (item, label) in enumerate(candidates)]
+            negatives = [int(i) for i in _items_of(rng, favourite[u], len(history), other=True)]
+            examples += [dict(_example(day, f"{day}-{u}-{j}", u, item, label, when, history, negatives),
+                              event_id=f"{day}-{u}-0") for j, (item, label) in enumerate(candidates)]
             histories[u].append(positive)
-    _create(con, "training_examples", pa.Table.from_pylist(examples))
+    _create_training(con, examples)
     _create_scoring_marts(con, rng, favourite, histories)
 
 
@@ -86,7 +99,9 @@ def _create_scoring_marts(con: duckdb.DuckDBPyConnection, rng: np.random.Generat
         "category_history": [list(category_of(np.array(h))) for h in hist],
         "behavior_history": [["view"] * len(h) for h in hist],
         "event_at_history": [[datetime(2024, 1, 3)] * len(h) for h in hist],
-        "session_number_history": [[1] * len(h) for h in hist], "history_length": [len(h) for h in hist]}))
+        "session_number_history": [[1] * len(h) for h in hist], "history_length": [len(h) for h in hist],
+        "session_item_ids": [sessions_of(h) for h in hist],
+        "session_category_ids": [[list(category_of(np.array(s))) for s in sessions_of(h)] for h in hist]}))
     _create(con, "user_features", pa.table({
         "ds": [day] * N_USERS, "user_id": users, "age": 20 + users % 5, "gender": ["FM"[u % 2] for u in users],
         "occupation": [f"o{u % 4}" for u in users], "city": ["x"] * N_USERS, "events_1d": np.ones(N_USERS),
@@ -99,6 +114,23 @@ def _create_scoring_marts(con: duckdb.DuckDBPyConnection, rng: np.random.Generat
     _create(con, "scoring_candidates", pa.table({
         "ds": [day] * len(pairs), "user_id": pairs[:, 0], "item_id": pairs[:, 1],
         "category": category_of(pairs[:, 1]), "candidate_source": ["fixture"] * len(pairs)}))
+
+
+HISTORY_COLUMNS = ("item_id_history", "category_history", "behavior_history", "session_number_history",
+                   "history_length", "neg_item_id_history", "neg_category_history", "session_item_ids",
+                   "session_category_ids")
+
+
+def _create_training(con: duckdb.DuckDBPyConnection, examples: list[dict]) -> None:
+    """marts.training_examples (the examples' scalar columns) and marts.training_histories (the lists, once
+    per event_id), as the dbt marts store them."""
+    _create(con, "training_examples", pa.Table.from_pylist(
+        [{k: v for k, v in e.items() if k not in HISTORY_COLUMNS} for e in examples]))
+    events: dict[str, dict] = {}
+    for e in examples:
+        events.setdefault(e["event_id"], {"ds": e["ds"], "event_id": e["event_id"], "user_id": e["user_id"],
+                                          "event_at": e["event_at"], **{k: e[k] for k in HISTORY_COLUMNS}})
+    _create(con, "training_histories", pa.Table.from_pylist(list(events.values())))
 
 
 def _create(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
@@ -241,7 +273,7 @@ def test_model_trained_on_shuffled_labels_is_not_promoted(pipeline: Pipeline) ->
 
 
 def test_challenger_beyond_the_margin_is_promoted(pipeline: Pipeline) -> None:
-    cfg = pipeline.cfg.with_overrides({"promote.min_improvement": -1.0})  # any GAUC clears a margin of -1
+    cfg = pipeline.cfg.with_overrides({"promote.margin": -1.0})  # any GAUC clears a margin of -1
     try:
         result = promote(cfg, DAYS[-1], version="2")
         assert result.decision == "promoted" and result.champion_version == "1"

@@ -5,8 +5,9 @@
 --
 -- Incremental by ds: a run sessionizes only the days after the last ds already built (normally just
 -- ds) and continues each user's numbering from the state at the end of that day, so a daily run reads
--- one day of events plus one row per user. Rerunning ds recomputes ds from the same state and gives the
--- same rows. If the raw data of a past day changes, rebuild with `dbt build --full-refresh`.
+-- one day of events plus the last built event of each user with new events (users without new events
+-- are not re-read). Rerunning ds recomputes ds from the same state and gives the same rows. If the raw
+-- data of a past day changes, rebuild with `dbt build --full-refresh`.
 
 {{
     config(
@@ -34,34 +35,13 @@ item_snapshots as (
 
 {% if is_incremental() %}
 
--- what earlier runs built: every day before ds
-built_before as (
-
-    select * from {{ this }}
-    where ds < {{ ds() }}
-
-),
-
--- days after the last built one are (re)built now, so a skipped day is caught up, never lost
-watermark as (
-
-    select coalesce(max(ds), date '1900-01-01') as last_built_ds from built_before
-
-),
-
--- each user's position at the end of the built days: numbering continues from here
-prior_state as (
-
-    select
-        user_id,
-        max(event_number) as last_event_number,
-        arg_max(event_at, event_number) as last_event_at,
-        arg_max(session_number, event_number) as last_session_number
-
-    from built_before
-    group by user_id
-
-),
+{#- the last day built before ds, looked up when the model runs: as a literal it prunes the scans of
+    raw behaviours and of this table (zone maps on ds) instead of filtering every row -#}
+{% set last_built_ds = '1900-01-01' %}
+{% if execute %}
+    {% set found = run_query("select coalesce(max(ds), date '1900-01-01') from " ~ this ~ " where ds < " ~ ds()) %}
+    {% set last_built_ds = found.columns[0].values()[0] | string %}
+{% endif %}
 
 {% endif %}
 
@@ -70,10 +50,31 @@ new_events as (
     select * from events
     where ds <= {{ ds() }}
     {% if is_incremental() %}
-        and ds > (select last_built_ds from watermark)
+        -- days after the last built one are (re)built now, so a skipped day is caught up, never lost
+        and ds > date '{{ last_built_ds }}'
     {% endif %}
 
 ),
+
+{% if is_incremental() %}
+
+-- each user with new events: position at the end of the built days; numbering continues from here
+prior_state as (
+
+    select
+        user_id,
+        max(event_number) as last_event_number,
+        arg_max(event_at, event_number) as last_event_at,
+        arg_max(session_number, event_number) as last_session_number
+
+    from {{ this }}
+    where ds <= date '{{ last_built_ds }}'
+        and user_id in (select user_id from new_events)
+    group by user_id
+
+),
+
+{% endif %}
 
 -- the item's category as of the event's own ds (latest snapshot on or before it): point in time, and
 -- independent of which day's run processed the event

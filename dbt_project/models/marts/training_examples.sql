@@ -1,8 +1,20 @@
--- Training examples of ds. Every behaviour of ds is a positive (label 1) whose history is the user's
--- last history_max_len behaviours STRICTLY before it (event_at earlier than the event's; events at the
--- same instant are not history), oldest first. Each positive gets negatives_per_positive negatives
--- (label 0) sharing its history and context, with items drawn uniformly and reproducibly from the
--- catalogue as of ds among items the user never touched up to the end of ds.
+-- Training examples of ds, one row per example: every behaviour of ds is a positive (label 1), and each
+-- positive gets negatives_per_positive negatives (label 0) sharing its context:
+-- popularity_negatives_per_positive of them drawn with weight events_30d ** popularity_exponent
+-- (marts.item_features), the rest uniformly over the items of ds; never an item the user touched up to
+-- the end of ds, never twice for one positive. Draws are seeded (negative_seed) and reproducible.
+--
+-- The point-in-time histories, DIEN negative histories and DSIN sessions are NOT here: they are stored
+-- once per positive in marts.training_histories, keyed by (ds, event_id); every example carries the
+-- event_id of its positive (a positive's own event_id for label 1), so the feature store gathers them
+-- by that key instead of reading the same lists negatives_per_positive + 1 times.
+
+{% set n_negatives = int_var('negatives_per_positive') | int %}
+{% set n_popular = int_var('popularity_negatives_per_positive') | int %}
+{% if n_popular > n_negatives %}
+    {{ exceptions.raise_compiler_error("var popularity_negatives_per_positive (" ~ n_popular ~ ") must not exceed negatives_per_positive (" ~ n_negatives ~ ")") }}
+{% endif %}
+{% set samplers = [('uniform', n_negatives - n_popular, 1), ('popularity', n_popular, 2)] %}
 
 with
 
@@ -13,102 +25,50 @@ events as (
 
 ),
 
-catalogue as (
-
-    select * from {{ ref('stg_items') }}
-
-),
-
 profiles as (
 
     select * from {{ ref('stg_users') }}
 
 ),
 
-day_events as (
+-- every behaviour of ds is a positive (the same events marts.training_histories keys its rows by).
+-- pid: a dense integer id for this query only; sampling groups, windows and joins on it instead of the
+-- 32-character event_id (string keys made those operators several times slower and spill at 1M events)
+positives as materialized (
 
-    select * from events
+    select
+        *,
+        {{ hex_key('event_id') }} as event_key,
+        row_number() over () as pid
+
+    from events
     where ds = {{ ds() }}
 
 ),
 
--- the last N events of each active user before ds: together with ds's events, every history needed
-earlier_events as (
+-- what the samplers read: `event_id` here is the integer pid (the macros key their draws by event_id)
+draw_sources as (
 
-    select * from events
-    where ds < {{ ds() }}
-        and user_id in (select user_id from day_events)
-    qualify row_number() over (partition by user_id order by event_number desc)
-        <= {{ int_var('history_max_len') }}
+    select pid as event_id, event_key, user_id from positives
 
 ),
 
-window_events as (
+day_users as (
 
-    select
-        *,
-        row_number() over (partition by user_id order by event_number) as window_position
-
-    from (
-        select * from earlier_events
-        union all
-        select * from day_events
-    )
+    select distinct user_id from positives
 
 ),
 
--- each user's window as parallel lists; a positive's history is a slice of them
-user_sequences as (
-
-    select
-        user_id,
-        list(item_id order by window_position) as item_ids,
-        list(category order by window_position) as categories,
-        list(behavior order by window_position) as behaviors,
-        list(session_number order by window_position) as session_numbers
-
-    from window_events
-    group by user_id
-
-),
-
--- events strictly before a positive = the window positions before the first event at the same instant
-positives as (
-
-    select
-        *,
-        min(window_position) over (partition by user_id, event_at) - 1 as events_before
-
-    from window_events
-    where ds = {{ ds() }}
-
-),
-
-positive_histories as (
-
-    select
-        positives.*,
-        greatest(positives.events_before - {{ int_var('history_max_len') }}, 0) + 1 as history_start,
-        list_slice(user_sequences.item_ids, history_start, positives.events_before) as item_id_history,
-        list_slice(user_sequences.categories, history_start, positives.events_before) as category_history,
-        list_slice(user_sequences.behaviors, history_start, positives.events_before) as behavior_history,
-        list_slice(user_sequences.session_numbers, history_start, positives.events_before)
-            as session_number_history
-
-    from positives
-    inner join user_sequences on positives.user_id = user_sequences.user_id
-
-),
-
--- the catalogue as of ds, numbered 0 .. n-1 for uniform draws
-item_pool as (
+-- item pool as of ds: every item of marts.item_features (catalogue + items active in 30 days)
+item_pool as materialized (
 
     select
         item_id,
         category,
         row_number() over (order by item_id) - 1 as pool_index
 
-    from catalogue
+    from {{ ref('item_features') }}
+    where ds = {{ ds() }}
 
 ),
 
@@ -118,44 +78,85 @@ pool_size as (
 
 ),
 
-touched as (
-
-    select distinct user_id, item_id from events
-
-),
-
--- oversampled draws per positive: hash(seed, event_id, k) picks a pool index, so the same inputs give the
--- same draws on every run; collisions with touched items and repeated draws are dropped below
-draws as (
+-- popularity-weighted pool: each item owns [cum_start, cum_start + weight) of the total weight
+popular_pool as (
 
     select
-        positive_histories.event_id,
-        positive_histories.user_id,
-        draw_number.k,
-        md5_number_lower(concat_ws('|', {{ int_var('negative_seed') }}, positive_histories.event_id, draw_number.k))
-            % (select items from pool_size) as pool_index
+        item_id,
+        category,
+        weight,
+        sum(weight) over (order by item_id rows between unbounded preceding and current row) - weight
+            as cum_start
 
-    from positive_histories
-    cross join range(3 * {{ int_var('negatives_per_positive') }} + 8) as draw_number(k)
-    where (select items from pool_size) > 0
+    from (
+        select item_id, category, pow(events_30d, {{ float_var('popularity_exponent') }}) as weight
+        from {{ ref('item_features') }}
+        where ds = {{ ds() }} and events_30d > 0
+    )
+
+),
+
+popular_total as (
+
+    select sum(weight) as weight_total from popular_pool
 
 ),
 
-negative_items as (
+-- everything the active users touched up to the end of ds: never a negative
+touched as materialized (
 
-    select
-        draws.event_id,
-        draws.k,
-        item_pool.item_id,
-        item_pool.category
-
-    from draws
-    inner join item_pool on item_pool.pool_index = draws.pool_index
-    anti join touched on touched.user_id = draws.user_id and touched.item_id = item_pool.item_id
-    -- an item drawn twice for one positive counts once (its first draw)
-    qualify row_number() over (partition by draws.event_id, item_pool.item_id order by draws.k) = 1
+    select distinct events.user_id, events.item_id
+    from events
+    semi join day_users on events.user_id = day_users.user_id
 
 ),
+
+{% for sampler, count, salt in samplers if count > 0 %}
+{% set exclude = 'uniform_negatives' if sampler == 'popularity' and samplers[0][1] > 0 else none %}
+-- {{ sampler }} negatives, first pass: count + 1 draws per positive
+{{ sampler }}_draws as (
+
+    {{ negative_draws(sampler, salt, 0, count + 1, 'draw_sources', exclude) }}
+
+),
+
+-- second pass, only for the positives the first pass left short (touched items, repeats)
+{{ sampler }}_short as (
+
+    select event_id, event_key, user_id from draw_sources
+    anti join (
+        select event_id from {{ sampler }}_draws group by event_id having count(*) >= {{ count }}
+    ) as complete on complete.event_id = draw_sources.event_id
+
+),
+
+{{ sampler }}_retries as (
+
+    {{ negative_draws(sampler, salt, count + 1, 4 * count + 9, sampler ~ '_short', exclude) }}
+
+),
+
+-- the first `count` distinct items by draw number (a running count, not row_number() <= n, which the
+-- optimizer turns into a per-group top-n aggregate that is several times slower here)
+{{ sampler }}_negatives as (
+
+    select event_id, item_id, category, '{{ sampler }}' as sampler, k
+    from (
+        select
+            *,
+            count(*) over (partition by event_id order by k rows between unbounded preceding and current row)
+                as draw_rank
+        from (
+            select event_id, item_id, min(k) as k, any_value(category) as category
+            from (select * from {{ sampler }}_draws union all select * from {{ sampler }}_retries)
+            group by event_id, item_id
+        )
+    )
+    where draw_rank <= {{ count }}
+
+),
+
+{% endfor %}
 
 negatives as (
 
@@ -163,34 +164,28 @@ negatives as (
         event_id,
         item_id,
         category,
-        row_number() over (partition by event_id order by k) as negative_number
+        sampler,
+        row_number() over (partition by event_id order by sampler = 'popularity', k) as negative_number
 
-    from negative_items
-    qualify negative_number <= {{ int_var('negatives_per_positive') }}
+    from (
+        select event_id, 0::bigint as item_id, '' as category, '' as sampler, 0 as k from draw_sources where false
+        {%- for sampler, count, salt in samplers if count > 0 %}
+        union all
+        select * from {{ sampler }}_negatives
+        {%- endfor %}
+    )
 
 ),
 
--- positives and negatives share the positive's history and context; only the item and label differ
+-- positives and negatives share the positive's context (and, through event_id, its history); keyed by pid
 examples as (
 
-    select
-        positive_histories.event_id as example_id,
-        positive_histories.event_id,
-        positive_histories.item_id,
-        positive_histories.category,
-        1 as label
-
-    from positive_histories
+    select pid, item_id, category, 1 as label, cast(null as varchar) as sampler, 0 as negative_number
+    from positives
 
     union all
 
-    select
-        md5(concat_ws('|', negatives.event_id, 'negative', negatives.negative_number)) as example_id,
-        negatives.event_id,
-        negatives.item_id,
-        negatives.category,
-        0 as label
-
+    select event_id as pid, item_id, category, 0 as label, sampler, negative_number
     from negatives
 
 ),
@@ -199,28 +194,27 @@ final as (
 
     select
         {{ ds() }} as ds,
-        examples.example_id,
-        positive_histories.user_id,
+        -- the positive's id and the negative's number: unique and stable, without hashing (md5 per row is slow)
+        case when examples.label = 1 then positives.event_id
+             else positives.event_id || '-n' || examples.negative_number end as example_id,
+        positives.event_id,
+        positives.user_id,
         examples.item_id,
         examples.category,
         cast(examples.label as integer) as label,
-        positive_histories.event_at,
+        examples.sampler as negative_sampler,
+        positives.event_at,
         profiles.age,
         profiles.gender,
         profiles.occupation,
         profiles.city,
-        cast(hour(positive_histories.event_at) as integer) as hour,
-        cast(isodow(positive_histories.event_at) as integer) as weekday,
-        positive_histories.device,
-        positive_histories.item_id_history,
-        positive_histories.category_history,
-        positive_histories.behavior_history,
-        positive_histories.session_number_history,
-        cast(len(positive_histories.item_id_history) as integer) as history_length
+        cast(hour(positives.event_at) as integer) as hour,
+        cast(isodow(positives.event_at) as integer) as weekday,
+        positives.device
 
     from examples
-    inner join positive_histories on examples.event_id = positive_histories.event_id
-    left join profiles on positive_histories.user_id = profiles.user_id
+    inner join positives on examples.pid = positives.pid
+    left join profiles on positives.user_id = profiles.user_id
 
 )
 

@@ -28,11 +28,15 @@ renamed as (
 
 ),
 
--- one row per event_id; the earliest landing (ds, file, line) wins so the choice is deterministic
+-- one row per event_id; the earliest landing (file, line) wins so the choice is deterministic. An event
+-- can only land in the ds of its ts (ingest rejects the rest), so deduplicating within ds is complete, and
+-- partitioning by ds lets a reader's ds filter reach the scan instead of hashing every day's rows on
+-- every run. (Were the ingest time zone changed between days, a cross-day copy would fail the unique
+-- test on intermediate.int_events_sessionized.event_id, not pass silently.)
 deduplicated as (
 
     select * from renamed
-    qualify row_number() over (partition by event_id order by ds, source_file, source_line) = 1
+    qualify row_number() over (partition by ds, event_id order by source_file, source_line) = 1
 
 ),
 
