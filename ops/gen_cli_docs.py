@@ -10,7 +10,6 @@ as Markdown; nothing depends on the terminal width.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,20 +116,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/cli.md is not up to date")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = TARGET.read_text() if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET} is stale: run `python ops/gen_cli_docs.py` (or `make docs`)", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.parent.mkdir(parents=True, exist_ok=True)
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    import docgen  # ops/docgen.py: the script's own folder is on sys.path when run as a script
+
+    return docgen.main(TARGET, render, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
