@@ -1,15 +1,15 @@
-"""What the warehouse holds: rows per table and metrics per day (read-only)."""
+"""What the warehouse holds: rows per table and metrics per day (read-only, through `warehouse.reader`,
+so it works while a stage writes: then it reads the writer's last published snapshot)."""
 
 from __future__ import annotations
 
 from recsys.config import Config
-from recsys.warehouse import connect
+from recsys.warehouse import reader
 
 
 def summary_tables(cfg: Config, k: int = 10) -> tuple[list[tuple], list[tuple]]:
     """(table, rows, days) for every warehouse table, and the @k ranking metrics per ds and model."""
-    con = connect(cfg, read_only=True)
-    try:
+    with reader(cfg) as (con, _source):
         tables = con.execute(
             "SELECT table_schema || '.' || table_name FROM information_schema.tables "
             "WHERE table_schema IN ('raw', 'staging', 'intermediate', 'marts', 'features') "
@@ -24,6 +24,4 @@ def summary_tables(cfg: Config, k: int = 10) -> tuple[list[tuple], list[tuple]]:
         metrics = con.execute(
             "SELECT ds, model, precision, recall, ndcg, hit_rate, users_evaluated FROM marts.ranking_metrics "
             "WHERE k = ? ORDER BY ds, model", [k]).fetchall()
-    finally:
-        con.close()
     return counts, metrics

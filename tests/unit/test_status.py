@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from recsys.config import Config, load_config
+from recsys.report import summary_tables
 from recsys.status import DONE, FAILED, NOT_RUN, NOTHING_TO_DO, collect
 from recsys.warehouse import connect
 
@@ -108,6 +109,8 @@ def test_works_while_a_writer_holds_the_warehouse(cfg: Config) -> None:
         assert status.source.startswith("snapshot")
         assert states(status)["ingest"] == DONE and status.rows["marts.recommendations"] == 2
         assert any("a pipeline stage is writing" in n for n in status.notes)
+        counts, _ = summary_tables(cfg)  # `recsys summary` reads the snapshot too
+        assert ("marts.recommendations", 2, 1) in counts
     finally:
         proc.kill()
         proc.wait()
