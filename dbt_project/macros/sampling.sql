@@ -63,3 +63,29 @@
     {%- endif %}
     qualify row_number() over (partition by draws.event_id, pool.item_id order by draws.k) = 1
 {%- endmacro %}
+
+
+{#-
+    The CTEs `item_pool` (every item of marts.item_features for ds, with a dense 0-based `pool_index` in
+    item_id order: uniform draws index it) and `pool_size` (its row count). Shared by the models that
+    sample negatives, so both draw from the same pool. Ends with a comma: more CTEs follow.
+-#}
+{% macro item_pool_ctes() -%}
+item_pool as materialized (
+
+    select
+        item_id,
+        category,
+        row_number() over (order by item_id) - 1 as pool_index
+
+    from {{ ref('item_features') }}
+    where ds = {{ ds() }}
+
+),
+
+pool_size as (
+
+    select count(*) as items from item_pool
+
+),
+{%- endmacro %}

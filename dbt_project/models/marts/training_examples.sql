@@ -59,24 +59,7 @@ day_users as (
 
 ),
 
--- item pool as of ds: every item of marts.item_features (catalogue + items active in 30 days)
-item_pool as materialized (
-
-    select
-        item_id,
-        category,
-        row_number() over (order by item_id) - 1 as pool_index
-
-    from {{ ref('item_features') }}
-    where ds = {{ ds() }}
-
-),
-
-pool_size as (
-
-    select count(*) as items from item_pool
-
-),
+{{ item_pool_ctes() }}
 
 -- popularity-weighted pool: each item owns [cum_start, cum_start + weight) of the total weight
 popular_pool as (

@@ -80,24 +80,7 @@ window_events as materialized (
 
 ),
 
--- item pool as of ds: every item of marts.item_features (catalogue + items active in 30 days)
-item_pool as materialized (
-
-    select
-        item_id,
-        category,
-        row_number() over (order by item_id) - 1 as pool_index
-
-    from {{ ref('item_features') }}
-    where ds = {{ ds() }}
-
-),
-
-pool_size as (
-
-    select count(*) as items from item_pool
-
-),
+{{ item_pool_ctes() }}
 
 -- everything the active users touched up to the end of ds: never a negative
 touched as materialized (
