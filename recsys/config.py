@@ -221,13 +221,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def _apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Replace dotted keys, one `replace` per section.
+
+    Grouping matters: a section validates across its fields in `__post_init__`, so lowering
+    `negatives_per_positive` together with `popularity_negatives_per_positive` must be checked as
+    one change, not as two steps of which the first is invalid.
+    """
+    by_section: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if not name or not hasattr(cfg, section):
             raise ValueError(f"override {key!r} must look like 'section.name'")
-        current = getattr(cfg, section)
-        if name not in {f.name for f in dataclasses.fields(current)}:
+        if name not in {f.name for f in dataclasses.fields(getattr(cfg, section))}:
             raise ValueError(f"unknown config key {key!r}")
-        value = tuple(value) if isinstance(value, list) else value
-        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(current, **{name: value})})
+        by_section.setdefault(section, {})[name] = tuple(value) if isinstance(value, list) else value
+    for section, changes in by_section.items():
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
     return cfg

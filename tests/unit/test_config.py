@@ -24,3 +24,10 @@ def test_unknown_section_is_refused(tmp_path) -> None:
     path.write_text("trian:\n  epochs: 1\n")
     with pytest.raises(ValueError, match="trian"):
         load_config(path)
+
+
+def test_overrides_of_one_section_are_validated_together() -> None:
+    # lowering both counts below the shipped popularity share is valid only as one change
+    cfg = load_config(overrides={"features.negatives_per_positive": 1,
+                                 "features.popularity_negatives_per_positive": 0})
+    assert (cfg.features.negatives_per_positive, cfg.features.popularity_negatives_per_positive) == (1, 0)
