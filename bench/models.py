@@ -251,7 +251,8 @@ NOTES = {
 
 
 def run_one(model_name: str, out: Path, run_id: str, *, epochs: int, batch: int, compile_mode: str,
-            max_batches: int | None = None, threads: int = 2, peers_dir: Path = PEERS_DIR) -> dict[str, Any]:
+            max_batches: int | None = None, threads: int = 2, peers_dir: Path = PEERS_DIR,
+            options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train and test one of our models on the protocol data; append its line to `out`; return it."""
     from recsys.models import MODELS, build_model
 
@@ -271,7 +272,9 @@ def run_one(model_name: str, out: Path, run_id: str, *, epochs: int, batch: int,
     n = int(to_t["label"].shape[0])
     del tr
 
-    model = build_model(model_name, fmap, embed_dim=pc.EMB, attention_hidden=pc.ATT_MLP, mlp_hidden=pc.DNN)
+    options = dict(options or {})
+    model = build_model(model_name, fmap, embed_dim=pc.EMB, attention_hidden=pc.ATT_MLP, mlp_hidden=pc.DNN,
+                        **options)
     compiled = compile_mode == "on" or (compile_mode == "auto" and COMPILE_AUTO.get(model_name, False)
                                         and can_compile())
     timer = pc.StepTimer(n, batch=batch, max_batches=max_batches)
@@ -279,7 +282,7 @@ def run_one(model_name: str, out: Path, run_id: str, *, epochs: int, batch: int,
         train(model, to_t, names, timer, epochs=epochs, batch=batch, lr=pc.LR, seed=pc.SEED, compiled=compiled)
     timing = timer.summary()
     mets = pc.metrics(te["label"], predict(model, te_t, names), te["user"])
-    extra = {"run_id": run_id, "compiled": compiled, "threads": threads, "batch": batch,
+    extra = {"run_id": run_id, "options": options, "compiled": compiled, "threads": threads, "batch": batch,
              "torch": torch.__version__, "git_sha": git_sha(), "loadavg": [round(x, 2) for x in os.getloadavg()],
              "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     rec = result_record(pc, model_name, n, timing, mets, NOTES.get(model_name, f"recsys {model_name}"), epochs, extra)
@@ -434,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop every peer runner but torch_ref after N batches (speed only)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--run-id", default=None)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the protocol: 2)")
+    ap.add_argument("--options", type=json.loads, default={},
+                    help='JSON model -> keyword arguments, e.g. \'{"din": {"batch_norm": true}}\'')
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one model
     ap.add_argument("--summary", default=None, metavar="RUN_ID", help="print the summary of a recorded run")
     args = ap.parse_args(argv)
@@ -446,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         pc = peers_common()
         run_one(args.one, args.out, run_id, epochs=pc.EPOCHS, batch=pc.BATCH, compile_mode=args.compile,
-                max_batches=args.max_batches)
+                max_batches=args.max_batches, options=args.options.get(args.one), threads=args.threads)
         return 0
     ensure_data(PEERS_DIR)
     from recsys.models import MODELS
@@ -459,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== recsys {name} ({time.strftime('%H:%M:%S')})", flush=True)
         cmd = [sys.executable, __file__, "--one", name, "--run-id", run_id, "--out", str(args.out),
-               "--compile", args.compile]
+               "--compile", args.compile, "--options", json.dumps(args.options), "--threads", str(args.threads)]
         if args.max_batches:
             cmd += ["--max-batches", str(args.max_batches)]
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:

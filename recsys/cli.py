@@ -202,12 +202,20 @@ def data_synth(days: Annotated[int, typer.Option(help="Number of days.")] = 5,
 
     target = landing or _config(config).paths.landing
     result = synthesize(target, days=days, users=users, items=items, seed=seed,
-                        start=date.fromisoformat(start), fmt=fmt)
+                        start=_date("--start", start), fmt=fmt)
     console.print(f"wrote {result.events} events for {result.days} days to {target}")
 
 
-def _window(value: str | None) -> date | None:
-    return date.fromisoformat(value) if value else None
+def _date(option: str, value: str) -> date:
+    """A YYYY-MM-DD option as a date; anything else is a usage error naming the option (no traceback)."""
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}", param_hint=option) from None
+
+
+def _window(option: str, value: str | None) -> date | None:
+    return _date(option, value) if value else None
 
 
 @import_app.command("movielens")
@@ -220,7 +228,8 @@ def import_movielens(path: Annotated[Path, typer.Argument(help="Folder (or a fil
     from recsys.data.importers import import_movielens as run_import
 
     try:
-        result = run_import(path, landing or _config(config).paths.landing, _window(start), _window(end))
+        window = _window("--start", start), _window("--end", end)
+        result = run_import(path, landing or _config(config).paths.landing, *window)
     except Exception as exc:
         _fail(exc)
     console.print(result)
@@ -237,7 +246,7 @@ def import_taobao(path: Annotated[Path, typer.Argument(help="Tianchi UserBehavio
 
     try:
         result = run_import(path, landing or _config(config).paths.landing,
-                            date.fromisoformat(start), date.fromisoformat(end))
+                            _date("--start", start), _date("--end", end))
     except Exception as exc:
         _fail(exc)
     console.print(result)

@@ -75,6 +75,9 @@ class ValidateConfig:
     max_null_rate_increase: float = 0.1
 
 
+MODEL_NAMES = ("base", "din", "dien", "dsin")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "din"
@@ -92,6 +95,22 @@ class TrainConfig:
     aux_loss_weight: float = 1.0     # DIEN's auxiliary loss weight (alpha in the paper)
     models: tuple[str, ...] = ("din", "base")  # enabled models: one train task each; the best one is promoted
     patience: int = 2                # early stopping: epochs without a better validation GAUC before stopping
+    # per model, the model class's own keyword arguments (e.g. din: {activation: dice, batch_norm: true})
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the model names are spelled out here because importing recsys.models (torch) would make every
+        # config load, DAG parsing included, slow; tests/unit/test_config.py keeps the two lists equal
+        unknown = set(self.model_options) - set(MODEL_NAMES)
+        if unknown:
+            raise ValueError(f"train.model_options: unknown models {sorted(unknown)} (known: {', '.join(MODEL_NAMES)})")
+        for name, options in self.model_options.items():
+            if not isinstance(options or {}, dict):
+                raise ValueError(f"train.model_options.{name} must be a mapping of keyword arguments, got {options!r}")
+
+    def options_of(self, name: str) -> dict[str, Any]:
+        """`model_options[name]` as keyword arguments for `recsys.models.build_model`."""
+        return dict(self.model_options.get(name) or {})
 
 
 @dataclass(frozen=True)

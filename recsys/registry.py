@@ -131,7 +131,8 @@ def _rebuild(files: dict[str, str | Path]) -> tuple[torch.nn.Module, FeatureMap,
     config = json.loads(Path(files["model_config"]).read_text())
     feature_map = FeatureMap.from_dict(json.loads(Path(files["feature_map"]).read_text()))
     model = build_model(config["model_name"], feature_map, embed_dim=config["embed_dim"],
-                        attention_hidden=tuple(config["attention_hidden"]), mlp_hidden=tuple(config["mlp_hidden"]))
+                        attention_hidden=tuple(config["attention_hidden"]), mlp_hidden=tuple(config["mlp_hidden"]),
+                        **config.get("options", {}))
     state = torch.load(files["state_dict"], map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
@@ -160,10 +161,10 @@ class RankerPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def model_config(model_name: str, embed_dim: int, attention_hidden: tuple[int, ...],
-                 mlp_hidden: tuple[int, ...]) -> dict[str, Any]:
-    """The JSON that `build_model` needs besides the feature map."""
+                 mlp_hidden: tuple[int, ...], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON that `build_model` needs besides the feature map (`options`: the model's own keywords)."""
     return {"model_name": model_name, "embed_dim": embed_dim, "attention_hidden": list(attention_hidden),
-            "mlp_hidden": list(mlp_hidden)}
+            "mlp_hidden": list(mlp_hidden), "options": dict(options or {})}
 
 
 def _pip_requirements() -> list[str]:

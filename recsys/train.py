@@ -482,7 +482,9 @@ def training_fingerprint(cfg: Config, name: str, ds: str) -> str:
             [previous_ds(ds, cfg.train.train_days - 1), ds]).fetchall()[0]
     finally:
         con.close()
-    train_cfg = {k: v for k, v in asdict(cfg.train).items() if k not in ("models", "model")}
+    # other models' options and the list of enabled models do not change this model's weights
+    train_cfg = {k: v for k, v in asdict(cfg.train).items() if k not in ("models", "model", "model_options")}
+    train_cfg["options"] = cfg.train.options_of(name)
     payload = {"model": name, "ds": ds, "train": train_cfg, "features": asdict(cfg.features),
                "specs": hashlib.sha256(Path(cfg.paths.feature_specs).read_bytes()).hexdigest(),
                "dbt": registry.dbt_manifest_sha(cfg), "data": [n, digest]}
@@ -535,7 +537,8 @@ def train(cfg: Config, ds: str, model_name: str | None = None) -> TrainResult:
     device = resolve_device(cfg)
     torch.manual_seed(cfg.train.seed)  # same initial weights for the same config
     model = build_model(name, FeatureMap.from_dict(fmap), embed_dim=cfg.train.embed_dim,
-                        attention_hidden=cfg.train.attention_hidden, mlp_hidden=cfg.train.mlp_hidden).to(device)
+                        attention_hidden=cfg.train.attention_hidden, mlp_hidden=cfg.train.mlp_hidden,
+                        **cfg.train.options_of(name)).to(device)
     model.embedding.set_frequencies(group_counts(split.train, fmap))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -563,7 +566,8 @@ def train(cfg: Config, ds: str, model_name: str | None = None) -> TrainResult:
                             **{f"best_{k}": v for k, v in _finite_metrics(best).items()}})
         mlflow.log_artifact(str(cfg.paths.feature_specs), artifact_path="feature_store")
         _log_artifacts(model, split, fmap, state, device)
-        config = registry.model_config(name, cfg.train.embed_dim, cfg.train.attention_hidden, cfg.train.mlp_hidden)
+        config = registry.model_config(name, cfg.train.embed_dim, cfg.train.attention_hidden, cfg.train.mlp_hidden,
+                                       cfg.train.options_of(name))
         example = split.valid.batch(np.arange(min(8, len(split.valid))), model_inputs(fmap))
         version = registry.log_and_register(cfg, model.cpu(), config, fmap, example, tags)
     shutil.rmtree(ckpt.parent, ignore_errors=True)  # registered: the checkpoint has served its purpose

@@ -77,10 +77,11 @@ class Base(RankingModel):
     """
 
     def __init__(self, feature_map: FeatureMap, embed_dim: int = 16, attention_hidden: Sequence[int] = (64, 32),
-                 mlp_hidden: Sequence[int] = (200, 80), activation: str = "prelu", dropout: float = 0.0) -> None:
+                 mlp_hidden: Sequence[int] = (200, 80), activation: str = "prelu", dropout: float = 0.0,
+                 batch_norm: bool = False) -> None:
         super().__init__(feature_map, embed_dim)
         width = self.embedding.dense_dim + 2 * self.embedding.query_dim
-        self.mlp = MLP(width, mlp_hidden, activation, dropout, out_features=1)
+        self.mlp = MLP(width, mlp_hidden, activation, dropout, out_features=1, batch_norm=batch_norm)
 
     def forward(self, batch: Mapping[str, Tensor]) -> ModelOutput:
         e = self.embedding(batch)

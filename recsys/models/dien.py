@@ -37,23 +37,31 @@ class DIEN(RankingModel):
         attention: "mlp" (DIN's activation unit), "dot" or "bilinear".
         softmax: normalise the attention over the valid positions (on: the paper's form).
         aux_loss: compute the auxiliary loss in training when the map has negative histories.
+        sum_pooling: also feed `sum_t e_t` and `q * sum_t e_t` to the MLP (the official code; off: only
+            `[dense, q, h'_T]`, as FuxiCTR's default).
         activation: "prelu" or "dice", in the activation unit and in the MLP.
+        attention_activation: the activation unit's own, when it differs from `activation`.
         dropout: after every hidden layer of the final MLP.
+        batch_norm: BatchNorm1d after every hidden Linear of the final MLP (RecBole's and FuxiCTR's DNN).
     """
 
     def __init__(self, feature_map: FeatureMap, embed_dim: int = 16, attention_hidden: Sequence[int] = (64, 32),
                  mlp_hidden: Sequence[int] = (200, 80), activation: str = "prelu", dropout: float = 0.0,
+                 batch_norm: bool = False, attention_activation: str | None = None,
                  evolution: str = "augru", attention: str = "mlp", softmax: bool = True,
-                 aux_loss: bool = True) -> None:
+                 aux_loss: bool = True, sum_pooling: bool = True) -> None:
         paired = [feature_map.negative_of(h.name) for h in feature_map.histories]
         negatives = tuple(n.name for n in paired if n is not None) if aux_loss and all(paired) else ()
         super().__init__(feature_map, embed_dim, extra=negatives)
         self.negatives = negatives  # in history order, so they embed like the histories
         dim = self.embedding.query_dim
         self.extractor = nn.GRU(dim, dim, batch_first=True)
-        self.attention = ActivationUnit(dim, attention_hidden, activation, kind=attention, softmax=softmax)
+        self.attention = ActivationUnit(dim, attention_hidden, attention_activation or activation,
+                                        kind=attention, softmax=softmax)
         self.evolution = InterestEvolution(dim, dim, evolution)
-        self.mlp = MLP(self.embedding.dense_dim + 4 * dim, mlp_hidden, activation, dropout, out_features=1)
+        self.sum_pooling = sum_pooling
+        width = self.embedding.dense_dim + (4 if sum_pooling else 2) * dim  # [dense, q, (sum e, q * sum e,) h'_T]
+        self.mlp = MLP(width, mlp_hidden, activation, dropout, out_features=1, batch_norm=batch_norm)
 
     def forward(self, batch: Mapping[str, Tensor]) -> ModelOutput:
         e = self.embedding(batch)
@@ -92,4 +100,5 @@ class DIEN(RankingModel):
 
     def _logits(self, dense: Tensor, query: Tensor, pooled: Tensor, final: Tensor) -> Tensor:
         """MLP on `[dense, q, sum e, q * sum e, h'_T]` ([..., F], then [..., D] each) -> logits [...]."""
-        return self.mlp(torch.cat([dense, query, pooled, query * pooled, final], dim=-1)).squeeze(-1)
+        parts = [dense, query, pooled, query * pooled, final] if self.sum_pooling else [dense, query, final]
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)

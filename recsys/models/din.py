@@ -25,16 +25,21 @@ class DIN(RankingModel):
         attention: "mlp" (the paper's activation unit), "dot" or "bilinear".
         softmax: normalise the attention weights over the valid positions (off in the paper).
         activation: "prelu" or "dice", in the activation unit and in the MLP.
+        attention_activation: the activation unit's own, when it differs from `activation`.
         dropout: after every hidden layer of the final MLP.
+        batch_norm: BatchNorm1d after every hidden Linear of the final MLP (RecBole's and FuxiCTR's DNN).
     """
 
     def __init__(self, feature_map: FeatureMap, embed_dim: int = 16, attention_hidden: Sequence[int] = (64, 32),
                  mlp_hidden: Sequence[int] = (200, 80), activation: str = "prelu", dropout: float = 0.0,
+                 batch_norm: bool = False, attention_activation: str | None = None,
                  attention: str = "mlp", softmax: bool = False) -> None:
         super().__init__(feature_map, embed_dim)
         dim = self.embedding.query_dim
-        self.attention = ActivationUnit(dim, attention_hidden, activation, kind=attention, softmax=softmax)
-        self.mlp = MLP(self.embedding.dense_dim + 3 * dim, mlp_hidden, activation, dropout, out_features=1)
+        self.attention = ActivationUnit(dim, attention_hidden, attention_activation or activation,
+                                        kind=attention, softmax=softmax)
+        self.mlp = MLP(self.embedding.dense_dim + 3 * dim, mlp_hidden, activation, dropout, out_features=1,
+                       batch_norm=batch_norm)
 
     def forward(self, batch: Mapping[str, Tensor]) -> ModelOutput:
         e = self.embedding(batch)

@@ -36,21 +36,24 @@ class DSIN(RankingModel):
         attention: "mlp" (DIN's activation unit), "dot" or "bilinear", for both pools.
         softmax: normalise the pool weights over the valid sessions (on, as the paper).
         activation: "prelu" or "dice", in the activation units and in the MLP.
+        attention_activation: the activation units' own, when it differs from `activation`.
         dropout: after every hidden layer of the final MLP and in the extractor.
     """
 
     def __init__(self, feature_map: FeatureMap, embed_dim: int = 16, attention_hidden: Sequence[int] = (64, 32),
                  mlp_hidden: Sequence[int] = (200, 80), activation: str = "prelu", dropout: float = 0.0,
+                 batch_norm: bool = False, attention_activation: str | None = None,
                  heads: int = 2, attention: str = "mlp", softmax: bool = True) -> None:
         super().__init__(feature_map, embed_dim, behaviours="sessions")
         dim, sessions = self.embedding.query_dim, feature_map.sessions[0]
         self.bias = BiasEncoding(int(sessions.max_sessions or 0), int(sessions.max_len or 0), dim)
         self.extractor = SessionInterestExtractor(dim, heads, dropout=dropout)
         self.interaction = SessionInteraction(dim)
-        self.extractor_attention = ActivationUnit(dim, attention_hidden, activation, kind=attention, softmax=softmax)
-        self.interaction_attention = ActivationUnit(dim, attention_hidden, activation, kind=attention,
-                                                    softmax=softmax)
-        self.mlp = MLP(self.embedding.dense_dim + 3 * dim, mlp_hidden, activation, dropout, out_features=1)
+        unit = attention_activation or activation
+        self.extractor_attention = ActivationUnit(dim, attention_hidden, unit, kind=attention, softmax=softmax)
+        self.interaction_attention = ActivationUnit(dim, attention_hidden, unit, kind=attention, softmax=softmax)
+        self.mlp = MLP(self.embedding.dense_dim + 3 * dim, mlp_hidden, activation, dropout, out_features=1,
+                       batch_norm=batch_norm)
 
     def sessions(self, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """keys [B, S, L, D], mask [B, S, L] -> (extracted [B, S, D], interacted [B, S, D], session mask [B, S])."""

@@ -81,17 +81,27 @@ def _activate(act: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
     return act(x, mask) if isinstance(act, Dice) else act(x)
 
 
+def _normalize(norm: nn.Module, x: Tensor) -> Tensor:
+    """BatchNorm1d over every leading dimension of x [..., F] (Identity passes x through)."""
+    if isinstance(norm, nn.Identity) or x.dim() == 2:
+        return norm(x)
+    return norm(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
 class MLP(nn.Module):
-    """Hidden layers `Linear -> activation -> dropout`, then an optional output Linear (no activation).
+    """Hidden layers `Linear -> [BatchNorm] -> activation -> dropout`, then an optional output Linear.
 
     Works on [B, F] and [B, T, F]; `mask` [B, T] only reaches Dice (statistics of valid positions).
+    `batch_norm` normalises every hidden layer over all leading dimensions (train: batch statistics,
+    eval: running ones), as the DNNs of RecBole and FuxiCTR do.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], activation: str = "prelu", dropout: float = 0.0,
-                 out_features: int | None = None) -> None:
+                 out_features: int | None = None, batch_norm: bool = False) -> None:
         super().__init__()
         widths = [in_features, *hidden]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(h) if batch_norm else nn.Identity() for h in hidden)
         self.activations = nn.ModuleList(make_activation(activation, h) for h in hidden)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out = nn.Linear(widths[-1], out_features) if out_features is not None else None
@@ -99,8 +109,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [..., in_features] -> [..., out_features]."""
-        for linear, act in zip(self.linears, self.activations, strict=True):
-            x = self.dropout(_activate(act, linear(x), mask))
+        for linear, norm, act in zip(self.linears, self.norms, self.activations, strict=True):
+            x = self.dropout(_activate(act, _normalize(norm, linear(x)), mask))
         return self.out(x) if self.out is not None else x
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from recsys.config import load_config
 
@@ -31,3 +32,26 @@ def test_overrides_of_one_section_are_validated_together() -> None:
     cfg = load_config(overrides={"features.negatives_per_positive": 1,
                                  "features.popularity_negatives_per_positive": 0})
     assert (cfg.features.negatives_per_positive, cfg.features.popularity_negatives_per_positive) == (1, 0)
+
+
+def test_model_names_match_the_registry() -> None:
+    from recsys.config import MODEL_NAMES
+    from recsys.models import MODELS
+
+    assert set(MODEL_NAMES) == set(MODELS)
+
+
+def test_model_options_reach_the_model_and_unknown_models_are_refused() -> None:
+    from recsys.models import build_model
+
+    cfg = load_config(overrides={"train.model_options": {"din": {"activation": "dice", "batch_norm": True}}})
+    assert cfg.train.options_of("din") == {"activation": "dice", "batch_norm": True}
+    assert cfg.train.options_of("dien") == {}
+    fmap = {"features": [{"name": "item_id", "kind": "categorical", "role": "target", "group": "item"},
+                         {"name": "item_id_history", "kind": "sequence", "role": "history", "group": "item",
+                          "max_len": 5, "target": "item_id"}],
+            "vocab_sizes": {"item": 10}, "label": "label", "length": "history_length"}
+    model = build_model("din", fmap, **cfg.train.options_of("din"))
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    with pytest.raises(ValueError, match="dinn"):
+        load_config(overrides={"train.model_options": {"dinn": {}}})

@@ -163,6 +163,19 @@ def test_mlp_shapes(activation: str) -> None:
     assert MLP(10, (8, 5), activation)(torch.randn(B, 10)).shape == (B, 5)
 
 
+def test_mlp_batch_norm_uses_batch_statistics_in_train_and_running_ones_in_eval() -> None:
+    torch.manual_seed(0)
+    mlp = MLP(10, (8,), "prelu", out_features=1, batch_norm=True)
+    x = torch.randn(B, 10)
+    mlp.train()
+    first = mlp(x)[:1]
+    assert not torch.allclose(mlp(torch.cat([x[:1], 5 * x[1:]]))[:1], first)  # the batch moves row 0
+    mlp.eval()
+    alone = mlp(x[:1])
+    assert torch.allclose(mlp(torch.cat([x[:1], 5 * x[1:]]))[:1], alone)  # eval: rows are independent
+    assert torch.allclose(mlp(x.view(2, B // 2, 10)).view(B, 1), mlp(x), atol=1e-6)  # [B, T, F] as [B*T, F]
+
+
 def test_feature_embedding_layout(fmap: FeatureMap) -> None:
     emb = FeatureEmbedding(fmap, E)
     batch = make_batch(fmap, lengths=[0, 1, 3, 7, 7, 2])
@@ -254,7 +267,10 @@ MODEL_VARIANTS = [("base", {}), ("din", {}), ("din", {"activation": "dice"}),
                   ("din", {"softmax": True}), ("din", {"attention": "dot"}), ("din", {"attention": "bilinear"}),
                   ("dien", {}), ("dien", {"evolution": "agru"}), ("dien", {"evolution": "aigru"}),
                   ("dien", {"attention": "bilinear", "activation": "dice"}), ("dsin", {}),
-                  ("dsin", {"activation": "dice", "heads": 4}), ("dsin", {"attention": "dot", "softmax": False})]
+                  ("dsin", {"activation": "dice", "heads": 4}), ("dsin", {"attention": "dot", "softmax": False}),
+                  ("din", {"batch_norm": True, "attention_activation": "dice"}), ("base", {"batch_norm": True}),
+                  ("dien", {"batch_norm": True, "sum_pooling": False, "aux_loss": False}),
+                  ("dsin", {"batch_norm": True, "attention_activation": "dice"})]
 
 
 @pytest.mark.parametrize(("name", "options"), MODEL_VARIANTS)
