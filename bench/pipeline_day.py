@@ -4,29 +4,42 @@
 
 Two days are synthesized (the first gives the second a history and a previous-day row count); the
 first is processed untimed, then the second day's stages are timed one by one. Each run appends one
-JSON line: events, seconds per stage, events/s end to end, peak RSS of this process (MB), dbt's
-per-node timings of the timed day (from run_results.json: the slowest models and tests) and the load
-average (other processes on the machine disturb the timings).
+JSON line: events, seconds per stage, events/s end to end, peak RSS (MB), dbt's per-node timings of the
+timed day (from run_results.json: the slowest models and tests) and the load average (other processes
+on the machine disturb the timings).
+
+Every phase runs in a fresh child process (spawned, so nothing is inherited but the arguments): the
+generator, the untimed first day, and the timed day's three stages. A phase reports its own
+`ru_maxrss` (RUSAGE_SELF, plus RUSAGE_CHILDREN for anything it spawned), so `peak_rss_mb` is the peak
+of the timed day's ingest + dbt + GX process (what an Airflow worker running that day needs) and the
+generator's memory, which grows with the synthesized day, is reported apart (`synth_peak_rss_mb`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 STAGES = ("ingest", "transform", "validate")
+DAYS = ("2024-01-01", "2024-01-02")
 
 
 def _peak_rss_mb() -> float:
-    """Peak RSS of this process (dbt and GX run in-process, so this covers them)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process or of any child it waited for (ru_maxrss is in KiB on Linux)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
 
 
 def _dbt_timings(target: Path, top: int = 12) -> dict[str, float]:
@@ -41,36 +54,74 @@ def _dbt_timings(target: Path, top: int = 12) -> dict[str, float]:
     return out
 
 
-def run(events: int, seed: int, home: Path) -> dict:
-    os.environ["RECSYS_HOME"] = str(home)
+def _synth_phase(home: str, events: int, seed: int) -> dict[str, Any]:
+    """Child process: write the two synthetic days into the landing folder of `home`."""
+    os.environ["RECSYS_HOME"] = home
     from recsys.config import load_config
     from recsys.data.synth import synthesize
-    from recsys.pipeline import run_stage
 
     cfg = load_config()
     per_user_day = 6.0
     users = max(100, int(events / per_user_day))
     items = max(200, users // 4)
     t0 = time.perf_counter()
-    summary = synthesize(cfg.paths.landing, days=2, users=users, items=items, seed=seed,
-                         start=date(2024, 1, 1), events_per_user_day=per_user_day)
-    synth_s = time.perf_counter() - t0
-    for stage in STAGES:
-        run_stage(stage, "2024-01-01", cfg)
+    summary = synthesize(cfg.paths.landing, days=len(DAYS), users=users, items=items, seed=seed,
+                         start=date.fromisoformat(DAYS[0]), events_per_user_day=per_user_day)
+    return {"users": users, "items": items, "events_day": summary.per_ds[DAYS[1]],
+            "synth_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_rss_mb())}
+
+
+def _day_phase(home: str, ds: str) -> dict[str, Any]:
+    """Child process: ingest, transform and validate one ds, each stage timed."""
+    os.environ["RECSYS_HOME"] = home
+    from recsys.config import load_config
+    from recsys.pipeline import run_stage
+
+    cfg = load_config()
     timings = {}
     for stage in STAGES:
         t = time.perf_counter()
-        run_stage(stage, "2024-01-02", cfg)
+        run_stage(stage, ds, cfg)
         timings[stage] = round(time.perf_counter() - t, 2)
-    dbt_nodes = _dbt_timings(Path(cfg.paths.dbt_target))
-    day_events = summary.per_ds["2024-01-02"]
-    total = sum(timings.values())
+    return {"stage_s": timings, "dbt_node_s": _dbt_timings(Path(cfg.paths.dbt_target)),
+            "peak_rss_mb": round(_peak_rss_mb())}
+
+
+def _in_child(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run fn(*args) in a fresh spawned process and return its result (its exceptions re-raise here; a
+    child killed for memory raises BrokenProcessPool instead of hanging)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _landed_phase(home: str, events: int) -> dict[str, Any]:
+    """What `_synth_phase` reports, read back from the landing folder of an earlier run (--resume)."""
+    import pyarrow.parquet as pq
+
+    users = max(100, int(events / 6.0))
+    files = sorted((Path(home) / "landing" / "behaviors" / f"ds={DAYS[1]}").glob("*.parquet"))
+    if not files:
+        raise SystemExit(f"--resume: no synthesized behaviours of {DAYS[1]} under {home}/landing")
+    return {"users": users, "items": max(200, users // 4), "synth_s": None, "peak_rss_mb": None,
+            "events_day": sum(pq.ParquetFile(f).metadata.num_rows for f in files)}
+
+
+def run(events: int, seed: int, home: Path, resume: bool = False) -> dict:
+    if resume:  # the synthesized days and the first day's tables are already in home
+        synth, first = _landed_phase(str(home), events), {"peak_rss_mb": None}
+    else:
+        synth = _in_child(_synth_phase, str(home), events, seed)
+        first = _in_child(_day_phase, str(home), DAYS[0])
+    day = _in_child(_day_phase, str(home), DAYS[1])
+    total = sum(day["stage_s"].values())
     return {
         "bench": "pipeline_day", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "events_requested": events, "events_day": day_events, "users": users, "items": items,
-        "synth_s": round(synth_s, 2), "stage_s": timings, "total_s": round(total, 2),
-        "events_per_s": round(day_events / total), "peak_rss_mb": round(_peak_rss_mb()),
-        "dbt_node_s": dbt_nodes, "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "events_requested": events, "events_day": synth["events_day"], "users": synth["users"],
+        "items": synth["items"], "synth_s": synth["synth_s"], "stage_s": day["stage_s"],
+        "total_s": round(total, 2), "events_per_s": round(synth["events_day"] / total),
+        "peak_rss_mb": day["peak_rss_mb"], "first_day_peak_rss_mb": first["peak_rss_mb"],
+        "synth_peak_rss_mb": synth["peak_rss_mb"], "dbt_node_s": day["dbt_node_s"],
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(), "python": platform.python_version(),
     }
 
@@ -82,9 +133,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_day.jsonl")
     parser.add_argument("--home", type=Path, default=None, help="RECSYS_HOME for the run (default: a temp dir)")
     parser.add_argument("--note", default="", help="free text stored with the result (e.g. what changed)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --home of an earlier run (same --events): skip synthesis and the first "
+                             "day, time the second day again")
     args = parser.parse_args()
+    if args.resume and args.home is None:
+        parser.error("--resume needs --home")
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-        result = run(args.events, args.seed, args.home or Path(tmp))
+        result = run(args.events, args.seed, args.home or Path(tmp), resume=args.resume)
+    result["resumed"] = args.resume
     if args.note:
         result["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,133 @@
+{#-
+    The query of marts.user_histories for one bucket of users (macros/user_buckets.sql); the model
+    documents what the rows are. Every CTE below is per user.
+-#}
+{% macro user_histories_query(bucket, buckets) -%}
+
+{% set max_len = int_var('history_max_len') %}
+{% set max_sessions = int_var('dsin_max_sessions') %}
+{% set session_len = int_var('dsin_session_len') %}
+
+with
+
+events as (
+
+    select * from {{ ref('int_events_sessionized') }}
+    where ds <= {{ ds() }}{{ user_bucket_filter('user_id', bucket, buckets) }}
+
+),
+
+-- each user's last event and session: event and session numbers are 1, 2, ... per user without gaps,
+-- so "the last N" is a range filter joined per user instead of a window over the whole history
+user_state as (
+
+    select user_id, max(event_number) as last_event_number, max(session_number) as last_session_number
+    from events
+    group by user_id
+
+),
+
+recent as (
+
+    select
+        events.*,
+        events.event_number > user_state.last_event_number - {{ max_len }} as in_history,
+        events.session_number > user_state.last_session_number - {{ max_sessions }} as in_sessions
+
+    from events
+    inner join user_state on events.user_id = user_state.user_id
+    where events.event_number > user_state.last_event_number - {{ max_len }}
+        or events.session_number > user_state.last_session_number - {{ max_sessions }}
+
+),
+
+-- one ordered list of structs per user, split afterwards (each ordered list() would sort on its own)
+histories as (
+
+    select
+        user_id,
+        list_transform(history, lambda x: x.item_id) as item_id_history,
+        list_transform(history, lambda x: x.category) as category_history,
+        list_transform(history, lambda x: x.behavior) as behavior_history,
+        list_transform(history, lambda x: x.event_at) as event_at_history,
+        list_transform(history, lambda x: x.session_number) as session_number_history,
+        cast(len(history) as integer) as history_length
+
+    from (
+        select
+            user_id,
+            coalesce(list({
+                'item_id': item_id, 'category': category, 'behavior': behavior, 'event_at': event_at,
+                'session_number': session_number
+            } order by event_number) filter (where in_history), []) as history
+
+        from recent
+        group by user_id
+    )
+
+),
+
+-- the most recent behaviours of each of the last sessions, one row per session
+session_tails as (
+
+    select
+        user_id,
+        session_number,
+        list_transform(tail, lambda x: x.item_id) as item_ids,
+        list_transform(tail, lambda x: x.category) as categories
+
+    from (
+        select user_id, session_number, list({'item_id': item_id, 'category': category} order by event_number) as tail
+        from (
+            -- a running count, not row_number() <= n (which becomes a slower per-group top-n aggregate)
+            select * from (
+                select *, count(*) over (
+                    partition by user_id, session_number order by event_number desc
+                    rows between unbounded preceding and current row) as from_end
+                from recent
+                where in_sessions
+            )
+            where from_end <= {{ session_len }}
+        )
+        group by user_id, session_number
+    )
+
+),
+
+sessions as (
+
+    select
+        user_id,
+        list_transform(sessions, lambda s: s.item_ids) as session_item_ids,
+        list_transform(sessions, lambda s: s.categories) as session_category_ids
+
+    from (
+        select user_id, list({'item_ids': item_ids, 'categories': categories} order by session_number) as sessions
+        from session_tails
+        group by user_id
+    )
+
+),
+
+final as (
+
+    select
+        {{ ds() }} as ds,
+        histories.user_id,
+        histories.item_id_history,
+        histories.category_history,
+        histories.behavior_history,
+        histories.event_at_history,
+        histories.session_number_history,
+        histories.history_length,
+        sessions.session_item_ids,
+        sessions.session_category_ids
+
+    from histories
+    inner join sessions on histories.user_id = sessions.user_id
+
+)
+
+select * from final
+
+{%- endmacro %}
