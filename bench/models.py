@@ -250,6 +250,14 @@ NOTES = {
 }
 
 
+def model_options(model_name: str, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The options the pipeline ships for `model_name` (conf/recsys.yaml `train.model_options`), updated
+    with the command line's `--options` for it: the benchmark measures what `recsys train` builds."""
+    from recsys.config import load_config
+
+    return {**load_config().train.options_of(model_name), **overrides.get(model_name, {})}
+
+
 def run_one(model_name: str, out: Path, run_id: str, *, epochs: int, batch: int, compile_mode: str,
             max_batches: int | None = None, threads: int = 2, peers_dir: Path = PEERS_DIR,
             options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -439,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-id", default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the protocol: 2)")
     ap.add_argument("--options", type=json.loads, default={},
-                    help='JSON model -> keyword arguments, e.g. \'{"din": {"batch_norm": true}}\'')
+                    help='JSON model -> keyword arguments over conf/recsys.yaml train.model_options, '
+                         'e.g. \'{"din": {"batch_norm": false}}\'')
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one model
     ap.add_argument("--summary", default=None, metavar="RUN_ID", help="print the summary of a recorded run")
     args = ap.parse_args(argv)
@@ -452,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         pc = peers_common()
         run_one(args.one, args.out, run_id, epochs=pc.EPOCHS, batch=pc.BATCH, compile_mode=args.compile,
-                max_batches=args.max_batches, options=args.options.get(args.one), threads=args.threads)
+                max_batches=args.max_batches, options=model_options(args.one, args.options), threads=args.threads)
         return 0
     ensure_data(PEERS_DIR)
     from recsys.models import MODELS

@@ -79,6 +79,8 @@ def _fmt(value: object) -> str:
         return str(value).lower()
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -93,11 +95,12 @@ def section_rows(section: str, cls: type, raw: dict, yaml_notes: dict, code_note
     for f in dataclasses.fields(cls):
         if section == "paths" and f.name in ("home", "dbt_project", "feature_specs"):
             continue  # resolved by the loader, not keys of the file
-        missing = f.default is dataclasses.MISSING
+        factory = f.default_factory  # type: ignore[misc]
+        missing = f.default is dataclasses.MISSING and factory is dataclasses.MISSING
         in_yaml = raw.get(f.name, "") if isinstance(raw, dict) else ""
         note = yaml_notes.get((section, f.name)) or code_notes.get((cls.__name__, f.name), "")
         yaml_value = "" if f.name not in (raw or {}) else _fmt(in_yaml)
-        default = "" if missing else _fmt(f.default)
+        default = "" if missing else _fmt(f.default if factory is dataclasses.MISSING else factory())
         rows.append(f"| `{section}.{f.name}` | {_type_name(hints[f.name])} | {default} | {yaml_value} | "
                     f"{note.replace('|', '/')} |")
     return rows

@@ -49,7 +49,7 @@ class FeatureConfig:
     history_max_len: int = 50
     negatives_per_positive: int = 4
     negative_seed: int = 2024
-    popularity_negatives_per_positive: int = 2  # of negatives_per_positive, drawn by popularity^exponent
+    popularity_negatives_per_positive: int = 0  # of negatives_per_positive, drawn by popularity^exponent
     popularity_exponent: float = 0.75     # weight of an item = its 30-day events ** exponent (word2vec's 0.75)
     dsin_max_sessions: int = 5            # DSIN: the most recent S sessions ...
     dsin_session_len: int = 10            # ... of at most L behaviours each

@@ -88,6 +88,32 @@ def _normalize(norm: nn.Module, x: Tensor) -> Tensor:
     return norm(x.reshape(-1, x.shape[-1])).view_as(x)
 
 
+INITS = ("glorot", "small")
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Re-initialise `model` by `scheme` (padding rows stay zero).
+
+    "glorot": as built (embedding rows Glorot-uniform as the official DIN code; PyTorch's defaults elsewhere).
+    "small": FuxiCTR's defaults: embedding rows N(0, 1e-4), every Linear and GRU cell Xavier-normal with
+    zero biases. Tiny embeddings start every history near zero, so the attention and the recurrences
+    begin close to linear; on the peers' MovieLens protocol it gave DIN and DIEN a higher test GAUC.
+    """
+    if scheme not in INITS:
+        raise ValueError(f"unknown init {scheme!r}; choose one of {INITS}")
+    if scheme == "glorot":
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=1e-4)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.Linear | nn.GRUCell):
+            for name, param in module.named_parameters(recurse=False):
+                (nn.init.zeros_ if name.startswith("bias") else nn.init.xavier_normal_)(param)
+
+
 class MLP(nn.Module):
     """Hidden layers `Linear -> [BatchNorm] -> activation -> dropout`, then an optional output Linear.
 

@@ -28,10 +28,10 @@ def test_unknown_section_is_refused(tmp_path) -> None:
 
 
 def test_overrides_of_one_section_are_validated_together() -> None:
-    # lowering both counts below the shipped popularity share is valid only as one change
-    cfg = load_config(overrides={"features.negatives_per_positive": 1,
-                                 "features.popularity_negatives_per_positive": 0})
-    assert (cfg.features.negatives_per_positive, cfg.features.popularity_negatives_per_positive) == (1, 0)
+    # raising the popularity share above the shipped negatives_per_positive is valid only together with it
+    cfg = load_config(overrides={"features.popularity_negatives_per_positive": 6,
+                                 "features.negatives_per_positive": 6})
+    assert (cfg.features.negatives_per_positive, cfg.features.popularity_negatives_per_positive) == (6, 6)
 
 
 def test_model_names_match_the_registry() -> None:

@@ -163,6 +163,18 @@ def test_mlp_shapes(activation: str) -> None:
     assert MLP(10, (8, 5), activation)(torch.randn(B, 10)).shape == (B, 5)
 
 
+def test_small_init_shrinks_embeddings_keeps_padding_zero_and_zeroes_biases(fmap: FeatureMap) -> None:
+    torch.manual_seed(0)
+    model = build_model("dien", fmap, embed_dim=E, attention_hidden=(8, 4), mlp_hidden=(16, 8), init="small")
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert tables and all(t.weight[1:].abs().max() < 1e-3 and not t.weight[0].any() for t in tables)
+    assert not model.evolution.cell.bias_hh.any() and not model.mlp.out.bias.any()
+    glorot = build_model("dien", fmap, embed_dim=E, attention_hidden=(8, 4), mlp_hidden=(16, 8))
+    assert glorot.embedding.table("item").weight[1:].abs().max() > 1e-2
+    with pytest.raises(ValueError, match="unknown init"):
+        build_model("din", fmap, init="he")
+
+
 def test_mlp_batch_norm_uses_batch_statistics_in_train_and_running_ones_in_eval() -> None:
     torch.manual_seed(0)
     mlp = MLP(10, (8,), "prelu", out_features=1, batch_norm=True)
@@ -269,7 +281,7 @@ MODEL_VARIANTS = [("base", {}), ("din", {}), ("din", {"activation": "dice"}),
                   ("dien", {"attention": "bilinear", "activation": "dice"}), ("dsin", {}),
                   ("dsin", {"activation": "dice", "heads": 4}), ("dsin", {"attention": "dot", "softmax": False}),
                   ("din", {"batch_norm": True, "attention_activation": "dice"}), ("base", {"batch_norm": True}),
-                  ("dien", {"batch_norm": True, "sum_pooling": False, "aux_loss": False}),
+                  ("dien", {"batch_norm": True, "sum_pooling": False, "aux_loss": False, "init": "small"}),
                   ("dsin", {"batch_norm": True, "attention_activation": "dice"})]
 
 

@@ -390,3 +390,18 @@ def test_explanations_pick_distinct_items_by_attention_or_recency() -> None:
     assert present[1].tolist() == [True, False, False] and ids[1, 0] == 5 and not present[2].any()
     recent, present = distinct_items(history, ranked_positions(None, lengths))
     assert recent[0].tolist() == [9, 7, 8] and present[0].all()  # most recent first, 7 once
+
+
+def test_features_unknown_at_scoring_are_trained_as_scoring_feeds_them() -> None:
+    """hour / weekday have no scoring source: training sees their default, as the scorer does."""
+    from feature_store.retrieval import Frame
+    from feature_store.spec import load_spec
+    from recsys.train import as_served
+
+    spec = load_spec()
+    frame = Frame(columns={"hour": np.array([3, 7, 9]), "weekday": np.array([2, 4, 6]),
+                           "age": np.array([5, 6, 7])},
+                  keys={"user_id": np.array([1, 2, 3])})
+    as_served(frame, spec)
+    assert frame["hour"].tolist() == [1, 1, 1] and frame["weekday"].tolist() == [1, 1, 1]
+    assert frame["age"].tolist() == [5, 6, 7]  # known at scoring: untouched
