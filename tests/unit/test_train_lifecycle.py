@@ -230,9 +230,15 @@ def test_best_challenger_of_several_models_competes_and_broken_one_never_wins(
                           "champion_value FROM marts.model_promotions WHERE ds = ?", [DS]).fetchall()
     finally:
         con.close()
-    # ds was decided before with the same best challenger: the rerun repeats that decision (idempotent by ds)
-    assert row == [(second.challenger_version, None, second.challenger_version, pytest.approx(second.challenger_metric),
-                    None)]
+    if second.challenger_version == first.challenger_version:
+        # ds was decided before with the same best challenger: the rerun repeats that decision (idempotent by ds)
+        assert row == [(second.challenger_version, None, second.challenger_version,
+                        pytest.approx(second.challenger_metric), None)]
+    else:  # the broken din replaced a winning din: the best challenger left (base) must beat ds's champion
+        wins = second.challenger_metric > first.challenger_metric + cfg.promote.margin
+        after = second.challenger_version if wins else first.challenger_version
+        assert row == [(second.challenger_version, first.challenger_version, after,
+                        pytest.approx(second.challenger_metric), pytest.approx(first.challenger_metric))]
     runs = mlflow.search_runs(experiment_names=["recsys/promotion"], output_format="list")
     logged = max(runs, key=lambda r: r.info.start_time).data.metrics
     assert logged[f"candidate_v{broken.model_version}_gauc"] == pytest.approx(second.candidates[broken.model_version])
