@@ -241,10 +241,10 @@ def result_record(pc: ModuleType, model: str, n_train: int, timing: Mapping[str,
 NOTES = {
     "base": "recsys Base: item+cat emb 16 (Glorot), sum pooling over valid positions, DNN [200,80] PReLU on "
             "[q, pooled]",
-    "din": "recsys DIN: activation unit [64,32] PReLU on [q,k,q-k,q*k] (first layer split into query/key terms), "
-           "padding masked, no softmax; DNN [200,80] PReLU on [q,pooled,pooled*q]",
-    "dien": "recsys DIEN: GRU extractor + aux loss (alpha 1.0, common.add_neg_history negatives) + AUGRU; "
-            "DNN [200,80]",
+    "din": "recsys DIN: activation unit [64,32] on [q,k,q-k,q*k] (first layer split into query/key terms), "
+           "padding masked, no softmax; DNN [200,80] on [q,pooled,pooled*q]",
+    "dien": "recsys DIEN: GRU extractor (+ aux loss alpha 1.0 on common.add_neg_history negatives when the "
+            "aux_loss option is on) + AUGRU; DNN [200,80]",
     "dsin": "recsys DSIN: sessions by common.sessions (30-min gap, 5 x 10), bias encoding, self-attention, Bi-LSTM, "
             "activation units; DNN [200,80]",
 }
@@ -293,7 +293,8 @@ def run_one(model_name: str, out: Path, run_id: str, *, epochs: int, batch: int,
     extra = {"run_id": run_id, "options": options, "compiled": compiled, "threads": threads, "batch": batch,
              "torch": torch.__version__, "git_sha": git_sha(), "loadavg": [round(x, 2) for x in os.getloadavg()],
              "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    rec = result_record(pc, model_name, n, timing, mets, NOTES.get(model_name, f"recsys {model_name}"), epochs, extra)
+    notes = NOTES.get(model_name, f"recsys {model_name}") + f"; options {json.dumps(options, sort_keys=True)}"
+    rec = result_record(pc, model_name, n, timing, mets, notes, epochs, extra)
     append_lines(out, [rec])
     print("RESULT", json.dumps(rec), flush=True)
     return rec
