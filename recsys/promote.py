@@ -55,7 +55,7 @@ class PromotionResult:
 def _evaluation_frame(cfg: Config, ds: str) -> Frame:
     con = connect(cfg, read_only=True)
     try:
-        frame = training_frame(con, ds, ds, load_spec(cfg.paths.feature_specs))
+        frame = training_frame(con, ds, ds, load_spec(cfg.paths.feature_specs), served=True)
     finally:
         con.close()
     if len(frame) == 0:

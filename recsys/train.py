@@ -108,8 +108,8 @@ def user_bucket(user_ids: np.ndarray) -> np.ndarray:
 def load_split(con: duckdb.DuckDBPyConnection, cfg: Config, ds: str, spec: FeatureSpecs) -> Split:
     """Training and validation frames for ds (see the module docstring for the rule)."""
     first, last = previous_ds(ds, cfg.train.train_days - 1), previous_ds(ds)
-    earlier = training_frame(con, first, last, spec) if cfg.train.train_days > 1 else None
-    today = training_frame(con, ds, ds, spec)
+    earlier = training_frame(con, first, last, spec, served=True) if cfg.train.train_days > 1 else None
+    today = training_frame(con, ds, ds, spec, served=True)
     if len(today) == 0:
         raise ValueError(f"no training examples for ds={ds} in marts.training_examples; run `recsys transform` first")
     if earlier is not None and len(earlier) > 0:
@@ -435,24 +435,7 @@ def _prepare(cfg: Config, ds: str) -> tuple[Split, dict[str, Any]]:
         fmap = FeatureMap.from_dict(feature_map_dict(con, spec)).to_dict()
     finally:
         con.close()
-    for frame in (split.train, split.valid):
-        as_served(frame, spec)
     return split, fmap
-
-
-def as_served(frame: Frame, spec: FeatureSpecs) -> None:
-    """Give the features the scorer cannot know (`scoring_source: null`: the hour and weekday of a future
-    visit) their default in `frame`, as scoring feeds them.
-
-    Trained on their real values, the model would meet at scoring an embedding row (unknown = 1) that no
-    training example ever reached: random vectors into the MLP for every candidate. On MovieLens that skew
-    cost DIN about 0.04 NDCG@10 (bench/README.md). The marts keep the real values for other consumers.
-    """
-    for feature in spec.features:
-        if feature.scoring_source is None:
-            for columns in (frame.columns, frame.user_columns):
-                if feature.name in columns:
-                    columns[feature.name] = np.full_like(columns[feature.name], feature.default)
 
 
 def _log_missing_epochs(client: mlflow.MlflowClient, state: FitState) -> None:

@@ -394,9 +394,8 @@ def test_explanations_pick_distinct_items_by_attention_or_recency() -> None:
 
 def test_features_unknown_at_scoring_are_trained_as_scoring_feeds_them() -> None:
     """hour / weekday have no scoring source: training sees their default, as the scorer does."""
-    from feature_store.retrieval import Frame
+    from feature_store.retrieval import Frame, as_served
     from feature_store.spec import load_spec
-    from recsys.train import as_served
 
     spec = load_spec()
     frame = Frame(columns={"hour": np.array([3, 7, 9]), "weekday": np.array([2, 4, 6]),
