@@ -1,5 +1,6 @@
-"""Model safety: a model trained for another feature contract is refused with a clear error, and a model
-file that is an arbitrary pickle is never executed (weights load with torch.load(weights_only=True))."""
+"""Model safety: a challenger trained on shuffled labels never becomes champion, a model trained for
+another feature contract is refused with a clear error, and a model file that is an arbitrary pickle is
+never executed (weights load with torch.load(weights_only=True))."""
 
 from __future__ import annotations
 
@@ -10,10 +11,53 @@ from pathlib import Path
 
 import pytest
 
+from recsys.registry import champion_version
 from tests.reliability.conftest import Reference
-from tests.reliability.helpers import DAY2, Proc, digest, restore, set_args
+from tests.reliability.helpers import DAY2, Proc, digest, restore, rows, set_args
 
 pytestmark = pytest.mark.integration
+
+
+def shuffle_labels(warehouse: Path, before: str) -> int:
+    """Permute the labels of the training examples of every day before `before`; returns how many moved."""
+    import duckdb
+    import numpy as np
+
+    con = duckdb.connect(str(warehouse))
+    try:
+        ids, labels = zip(*con.execute("SELECT example_id, label FROM marts.training_examples WHERE ds < ? "
+                                       "ORDER BY example_id", [before]).fetchall(), strict=True)
+        shuffled = np.random.default_rng(7).permutation(np.asarray(labels)).tolist()
+        con.executemany("UPDATE marts.training_examples SET label = ? WHERE example_id = ?",
+                        list(zip(shuffled, ids, strict=True)))
+        return sum(a != b for a, b in zip(labels, shuffled, strict=True))
+    finally:
+        con.close()
+
+
+def test_a_challenger_trained_on_shuffled_labels_never_becomes_champion(reference: Reference) -> None:
+    """A broken challenger for an already decided day: trained on permuted labels, it must lose to the
+    model that won that day on the same evaluation examples, and the published tables stay as they were."""
+    restore(reference.after_day2, reference.home)
+    cfg = reference.cfg
+    champion = champion_version(cfg)
+    assert champion is not None
+    assert shuffle_labels(cfg.paths.warehouse, before=DAY2) > 0  # the training window of DAY2
+    train = Proc(["train", "--ds", DAY2, *set_args()], reference.home)
+    assert train.finish(300) == 0, train.output[-3000:]
+    promote = Proc(["promote", "--ds", DAY2, *set_args()], reference.home)
+    assert promote.finish(300) == 0, promote.output[-3000:]
+    decision = rows(cfg.paths.warehouse, "SELECT challenger_version, champion_before, champion_after, decision, "
+                    "challenger_value, champion_value FROM marts.model_promotions WHERE ds = ?", [DAY2])
+    assert len(decision) == 1, decision
+    challenger, before, after, verdict, challenger_gauc, champion_gauc = decision[0]
+    assert int(challenger) > int(champion) and before == after == champion and verdict == "kept", decision
+    assert champion_gauc > challenger_gauc, decision
+    assert champion_version(cfg) == champion
+    score = Proc(["score", "--ds", DAY2, *set_args()], reference.home)
+    assert score.finish(300) == 0, score.output[-3000:]
+    assert digest(cfg.paths.warehouse, ["marts.recommendations"]) == {
+        "marts.recommendations": reference.day2["marts.recommendations"]}  # still the champion's ranking
 
 
 def serving_files(home: Path, name: str) -> list[Path]:
