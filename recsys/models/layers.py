@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from recsys.models.features import FeatureMap
 
-ACTIVATIONS = ("prelu", "dice")
+ACTIVATIONS = ("prelu", "dice", "sigmoid")
 ATTENTIONS = ("mlp", "dot", "bilinear")
 
 
@@ -69,9 +69,12 @@ class Dice(nn.Module):
 
 
 def make_activation(name: str, width: int) -> nn.Module:
-    """The activation called `name`: "prelu" (one slope, init 0.25) or "dice" (per channel)."""
+    """The activation called `name`: "prelu" (one slope, init 0.25), "dice" (per channel) or "sigmoid"
+    (the official DIN code's activation unit)."""
     if name == "prelu":
         return nn.PReLU()
+    if name == "sigmoid":
+        return nn.Sigmoid()
     if name == "dice":
         return Dice(width)
     raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")

@@ -155,7 +155,7 @@ def test_feature_map_rejects_inconsistent_maps(change: str) -> None:
 # --------------------------------------------------------------------------- layers
 
 
-@pytest.mark.parametrize("activation", ["prelu", "dice"])
+@pytest.mark.parametrize("activation", ["prelu", "dice", "sigmoid"])
 def test_mlp_shapes(activation: str) -> None:
     mlp = MLP(10, (8, 5), activation, dropout=0.1, out_features=1)
     assert mlp(torch.randn(B, 10)).shape == (B, 1)
@@ -282,7 +282,9 @@ MODEL_VARIANTS = [("base", {}), ("din", {}), ("din", {"activation": "dice"}),
                   ("dsin", {"activation": "dice", "heads": 4}), ("dsin", {"attention": "dot", "softmax": False}),
                   ("din", {"batch_norm": True, "attention_activation": "dice"}), ("base", {"batch_norm": True}),
                   ("dien", {"batch_norm": True, "sum_pooling": False, "aux_loss": False, "init": "small"}),
-                  ("dsin", {"batch_norm": True, "attention_activation": "dice"})]
+                  ("dsin", {"batch_norm": True, "attention_activation": "dice"}),
+                  ("din", {"batch_norm": True, "attention_activation": "sigmoid"}),
+                  ("dien", {"attention_activation": "sigmoid"})]
 
 
 @pytest.mark.parametrize(("name", "options"), MODEL_VARIANTS)
