@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from recsys.models.features import FeatureMap
 
-ACTIVATIONS = ("prelu", "dice", "sigmoid")
+ACTIVATIONS = ("prelu", "dice", "sigmoid", "relu")
 ATTENTIONS = ("mlp", "dot", "bilinear")
 
 
@@ -69,12 +69,14 @@ class Dice(nn.Module):
 
 
 def make_activation(name: str, width: int) -> nn.Module:
-    """The activation called `name`: "prelu" (one slope, init 0.25), "dice" (per channel) or "sigmoid"
-    (the official DIN code's activation unit)."""
+    """The activation called `name`: "prelu" (one slope, init 0.25), "dice" (per channel), "sigmoid"
+    (the official DIN code's activation unit) or "relu" (FuxiCTR's DNN default)."""
     if name == "prelu":
         return nn.PReLU()
     if name == "sigmoid":
         return nn.Sigmoid()
+    if name == "relu":
+        return nn.ReLU()
     if name == "dice":
         return Dice(width)
     raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")

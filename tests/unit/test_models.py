@@ -155,7 +155,7 @@ def test_feature_map_rejects_inconsistent_maps(change: str) -> None:
 # --------------------------------------------------------------------------- layers
 
 
-@pytest.mark.parametrize("activation", ["prelu", "dice", "sigmoid"])
+@pytest.mark.parametrize("activation", ["prelu", "dice", "sigmoid", "relu"])
 def test_mlp_shapes(activation: str) -> None:
     mlp = MLP(10, (8, 5), activation, dropout=0.1, out_features=1)
     assert mlp(torch.randn(B, 10)).shape == (B, 1)
