@@ -71,8 +71,10 @@ def dbt_vars(cfg: Config, ds: str) -> dict[str, Any]:
     return {"ds": ds, **dataclasses.asdict(cfg.features), "behaviors": list(cfg.ingest.behaviors)}
 
 
-def dbt_args(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = False) -> list[str]:
-    """Command-line arguments of `dbt build` for ds (project and profiles in cfg.paths.dbt_project)."""
+def dbt_args(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = False,
+             extra_vars: dict[str, Any] | None = None) -> list[str]:
+    """Command-line arguments of `dbt build` for ds (project and profiles in cfg.paths.dbt_project);
+    `extra_vars` go on top of the config's vars (e.g. the bucket sizes of dbt_project.yml)."""
     project = Path(cfg.paths.dbt_project)
     args = [
         "build",
@@ -80,7 +82,7 @@ def dbt_args(cfg: Config, ds: str, select: str | None = None, full_refresh: bool
         "--profiles-dir", str(project),
         "--target-path", str(cfg.paths.dbt_target),
         "--log-path", str(Path(cfg.paths.home) / "dbt" / "logs"),
-        "--vars", json.dumps(dbt_vars(cfg, ds)),
+        "--vars", json.dumps(dbt_vars(cfg, ds) | (extra_vars or {})),
         "--no-use-colors",
         "--no-version-check",
         "--no-send-anonymous-usage-stats",
@@ -165,7 +167,8 @@ def project_fingerprint(manifest_path: Path) -> str:
     return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
 
 
-def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = False) -> TransformResult:
+def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = False,
+          extra_vars: dict[str, Any] | None = None) -> TransformResult:
     """`dbt build` for ds: every model, data test and unit test of the project (or `select`).
 
     Args:
@@ -174,6 +177,8 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
         select: optional dbt selection (e.g. `marts.training_examples+`), default everything.
         full_refresh: rebuild the sessionized events from all of raw (after past raw days changed);
             the marts keep their other ds partitions (`full_refresh: false` in dbt_project.yml).
+        extra_vars: dbt vars that are not config (e.g. `history_bucket_events`: the bucket sizes, which
+            change cost, never rows), on top of the config's.
 
     Raises:
         ValueError: ds is not a YYYY-MM-DD date.
@@ -189,7 +194,7 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
     started = time.monotonic()
     with _environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
         try:
-            outcome = dbtRunner().invoke(dbt_args(cfg, ds, select, full_refresh))
+            outcome = dbtRunner().invoke(dbt_args(cfg, ds, select, full_refresh, extra_vars))
         finally:
             _release_warehouse()
     elapsed = time.monotonic() - started
