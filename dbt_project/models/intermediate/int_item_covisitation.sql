@@ -7,8 +7,11 @@
 -- it cannot be split by user like the list mart; inside that mart it ran out of DuckDB's 3GB limit at
 -- 10M events/day. Here it is built in item buckets (macros/user_buckets.sql: hash(item_id) % n, one
 -- per covisitation_bucket_events events in the window): an item's neighbours depend only on the
--- sessions that contain it, so the rows do not depend on n. Holds the ds of the last build only.
+-- sessions that contain it, so the rows do not depend on n. Incremental by ds like the marts
+-- (delete+insert of ds, then buckets 1 .. n-1 appended), so reruns of older days leave newer ones intact.
 
-{{ config(post_hook="{{ insert_buckets(item_covisitation_query, covisitation_buckets()) }}") }}
+{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='ds', on_schema_change='fail', full_refresh=false,
+          pre_hook="{{ delete_ds_partition() }}",
+          post_hook="{{ insert_buckets(item_covisitation_query, covisitation_buckets()) }}") }}
 
 {{ item_covisitation_query(0, covisitation_buckets()) }}

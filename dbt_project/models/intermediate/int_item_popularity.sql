@@ -2,7 +2,10 @@
 -- window), ranked globally and within the item's catalogue category as of ds (ties by item_id). The
 -- category and global pools of marts.scoring_candidate_lists are the top ranks of this table; it is a
 -- table of its own so that the list mart, built in user buckets, reads it instead of re-counting the
--- window once per bucket. Holds the ds of the last build only (the mart reads it with ds = ds).
+-- window once per bucket. Incremental by ds like the marts (delete+insert of ds): a rerun or backfill of
+-- an older ds replaces that ds's rows and leaves the others as they were (the mart reads ds = ds).
+
+{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='ds', on_schema_change='fail', full_refresh=false, pre_hook="{{ delete_ds_partition() }}") }}
 
 with
 
