@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recsys.config import Config
-from recsys.warehouse import connect, replace_partition, transaction
+from recsys.warehouse import bound_memory, connect, replace_partition, transaction
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +495,7 @@ def ingest(cfg: Config, ds: str) -> IngestResult:
         # 10M-row day peaked at 5.6 GB unbounded). Lower than dbt's 3GB because the landed Arrow tables
         # (strings, ~1.5 GB at 10M rows) live beside it, outside DuckDB's accounting. Every read of the
         # checked rows orders explicitly, so insertion order need not be kept.
-        con.execute("SET memory_limit = ?", [os.environ.get("RECSYS_INGEST_MEMORY_LIMIT", "2GB")])
+        bound_memory(con, "RECSYS_INGEST_MEMORY_LIMIT")
         con.execute("SET preserve_insertion_order = false")
         counts = {e: _load_entity(con, cfg, e, ds) for e in COLUMNS}
         if counts["behaviors"].rows_in == 0:

@@ -39,7 +39,7 @@ import pandas as pd
 from feature_store.spec import FeatureSpec, FeatureSpecs, load_spec
 from recsys.config import Config
 from recsys.ingest import validate_ds
-from recsys.warehouse import connect, table_exists
+from recsys.warehouse import bound_memory, connect, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +528,7 @@ def _read_frames(cfg: Config, ds: str) -> tuple[list[SuiteSpec], dict[str, pd.Da
         con.execute("SET TimeZone = 'UTC'")  # raw ts are naive UTC
         # the per-user aggregates over the marts' lists took 5.1 GB at 10M events/day with DuckDB's default
         # limit (80% of RAM); bounded, they spill instead and the frames stay beside it
-        con.execute("SET memory_limit = ?", [os.environ.get("RECSYS_VALIDATE_MEMORY_LIMIT", "2GB")])
+        bound_memory(con, "RECSYS_VALIDATE_MEMORY_LIMIT")
         specs = [_raw_suite(con, cfg, ds), *_mart_suites(con, cfg, ds)]
         start, end = _day_bounds(ds, cfg.ingest.day_timezone)
         bind = {"ds": ds, "tz": cfg.ingest.day_timezone, "day_start": start, "day_end": end}

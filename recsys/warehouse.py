@@ -87,6 +87,12 @@ def connect(cfg: Config, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def bound_memory(con: duckdb.DuckDBPyConnection, env_var: str, default: str = "2GB") -> None:
+    """DuckDB's memory_limit for this connection from `env_var` (default `default`): beyond it work spills
+    to `<warehouse>.tmp` instead of growing the process (DuckDB's own default is 80% of RAM)."""
+    con.execute("SET memory_limit = ?", [os.environ.get(env_var, default)])
+
+
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create schemas and the Python-owned tables (idempotent)."""
     for schema in SCHEMAS:

@@ -15,7 +15,7 @@ events as (
 
     select ds, event_id, user_id, item_id, category, behavior, event_at, session_number, event_number
     from {{ ref('int_events_sessionized') }}
-    where ds <= {{ ds() }}{{ user_bucket_filter('user_id', bucket, buckets) }}
+    where ds <= {{ ds() }}{{ bucket_filter('user_id', bucket, buckets) }}
 
 ),
 

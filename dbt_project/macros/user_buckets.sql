@@ -38,10 +38,6 @@
     {%- if buckets > 1 %} and hash({{ column }}) % {{ buckets }} = {{ bucket }}{% endif -%}
 {%- endmacro %}
 
-{% macro user_bucket_filter(column, bucket, buckets) -%}
-    {{- bucket_filter(column, bucket, buckets) -}}
-{%- endmacro %}
-
 {#- Post-hook: insert buckets 1 .. n-1 of `query_macro(bucket, buckets)` into the model's table. -#}
 {% macro insert_buckets(query_macro, buckets) -%}
     {%- if execute -%}
@@ -58,7 +54,5 @@
 
 {#- Post-hook: the same, for user buckets sized by `per_bucket_var` events of ds. -#}
 {% macro insert_user_buckets(query_macro, per_bucket_var) -%}
-    {%- if execute -%}
-        {{- insert_buckets(query_macro, user_buckets(per_bucket_var)) -}}
-    {%- endif -%}
+    {{- insert_buckets(query_macro, user_buckets(per_bucket_var)) -}}
 {%- endmacro %}

@@ -13,7 +13,7 @@ with
 events as (
 
     select * from {{ ref('int_events_sessionized') }}
-    where ds <= {{ ds() }}{{ user_bucket_filter('user_id', bucket, buckets) }}
+    where ds <= {{ ds() }}{{ bucket_filter('user_id', bucket, buckets) }}
 
 ),
 

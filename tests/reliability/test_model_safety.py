@@ -14,25 +14,9 @@ import pytest
 from recsys.registry import champion_version
 from tests.reliability.conftest import Reference
 from tests.reliability.helpers import DAY2, Proc, digest, restore, rows, set_args
+from tests.unit.test_train_promote_score import shuffle_training_labels
 
 pytestmark = pytest.mark.integration
-
-
-def shuffle_labels(warehouse: Path, before: str) -> int:
-    """Permute the labels of the training examples of every day before `before`; returns how many moved."""
-    import duckdb
-    import numpy as np
-
-    con = duckdb.connect(str(warehouse))
-    try:
-        ids, labels = zip(*con.execute("SELECT example_id, label FROM marts.training_examples WHERE ds < ? "
-                                       "ORDER BY example_id", [before]).fetchall(), strict=True)
-        shuffled = np.random.default_rng(7).permutation(np.asarray(labels)).tolist()
-        con.executemany("UPDATE marts.training_examples SET label = ? WHERE example_id = ?",
-                        list(zip(shuffled, ids, strict=True)))
-        return sum(a != b for a, b in zip(labels, shuffled, strict=True))
-    finally:
-        con.close()
 
 
 def test_a_challenger_trained_on_shuffled_labels_never_becomes_champion(reference: Reference) -> None:
@@ -42,7 +26,7 @@ def test_a_challenger_trained_on_shuffled_labels_never_becomes_champion(referenc
     cfg = reference.cfg
     champion = champion_version(cfg)
     assert champion is not None
-    assert shuffle_labels(cfg.paths.warehouse, before=DAY2) > 0  # the training window of DAY2
+    assert shuffle_training_labels(cfg, seed=7, before=DAY2) > 0  # the training window of DAY2
     train = Proc(["train", "--ds", DAY2, *set_args()], reference.home)
     assert train.finish(300) == 0, train.output[-3000:]
     promote = Proc(["promote", "--ds", DAY2, *set_args()], reference.home)

@@ -139,16 +139,19 @@ def _create(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
     con.unregister("fixture_rows")
 
 
-def shuffle_training_labels(cfg: Config, seed: int = 1) -> None:
-    """Permute the labels of every day but the last: a model trained on them learns nothing real."""
+def shuffle_training_labels(cfg: Config, seed: int = 1, before: str = DAYS[-1]) -> int:
+    """Permute the labels of every day before `before` (default: all but the last day): a model trained on
+    them learns nothing real. Returns how many labels changed."""
     con = connect(cfg, read_only=False)
     try:
         table = con.sql("SELECT * FROM marts.training_examples ORDER BY example_id").to_arrow_table()
         labels = table.column("label").to_numpy().copy()
-        train_rows = np.flatnonzero(table.column("ds").to_numpy() < np.datetime64(DAYS[-1]))
-        labels[train_rows] = np.random.default_rng(seed).permutation(labels[train_rows])
+        train_rows = np.flatnonzero(table.column("ds").to_numpy() < np.datetime64(before))
+        original = labels[train_rows].copy()
+        labels[train_rows] = np.random.default_rng(seed).permutation(original)
         _create(con, "training_examples", table.set_column(table.column_names.index("label"), "label",
                                                            pa.array(labels, pa.int32())))
+        return int((labels[train_rows] != original).sum())
     finally:
         con.close()
 
