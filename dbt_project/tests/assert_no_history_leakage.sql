@@ -1,17 +1,28 @@
--- Point in time: every positive of ds (a row of training_histories) carries exactly the user's last history_max_len behaviours
--- STRICTLY before its event_at, oldest first; DSIN sessions built from those earlier behaviours only
--- (the last dsin_max_sessions sessions, each its last dsin_session_len behaviours, the current one cut at
--- the last earlier event); DIEN negatives as many as the history has positions and never an item the
--- user touched up to ds. Anything at or after event_at (or stale, misaligned or missing) is a failure.
+-- Point in time: every positive of ds carries exactly the user's last history_max_len behaviours STRICTLY
+-- before its event_at, oldest first; DSIN sessions built from those earlier behaviours only (the last
+-- dsin_max_sessions sessions, each its last dsin_session_len behaviours, the current one cut at the last
+-- earlier event); DIEN negatives never an item the user touched up to ds. Anything at or after event_at
+-- (or stale, misaligned or missing) is a failure.
 --
--- Reconstructed independently of the model, from the user's whole timeline: one probe per (user, event_at)
--- of ds's positives is placed on it, sorting before events of the same instant, so the running count of
--- events at a probe (n) is the number of events strictly before it. History element j of an example of
--- length h must be the event at position n - h + j; session i of m must be session number
--- (last earlier session) - m + i, and its element j the event at the session's cut start + j - 1. The
--- comparison is element by element through joins (no list building, which is what made it slow).
--- Every example of training_examples must point (event_id) at the history row of its positive, with the
--- same user and event_at, and every history row must have its positive example.
+-- What is checked is what is stored: marts.training_sequences, one window of behaviours per user, from
+-- which the view marts.training_histories slices each positive's lists (its slicing is pinned by the
+-- dbt unit tests in models/marts/_marts.yml and by tests/data/test_dbt.py). Checking the window costs
+-- O(window) instead of O(positives x history length): at 10M events/day the element-by-element check of
+-- every positive's lists joined ~160M history elements and read the view several times (~100 s).
+--
+-- Reconstructed independently of the models, from the user's whole timeline: one probe per (user,
+-- event_at) of ds's positives is placed on it, sorting before events of the same instant, so the running
+-- count of events at a probe (n) is the number of events strictly before it. Then:
+--   window      every window element is the timeline event its event_number names (item, behaviour,
+--               category, session), event numbers strictly increase along the window, session ranks
+--               number the window's sessions 1, 2, ... and session_starts / session_ends bound them,
+--               the lists are aligned, no DIEN negative was touched;
+--   history     a positive's last earlier window element is event n and the min(n, max_len) elements
+--               before it are events n - min(n, max_len) + 1 .. n, so the slice is exactly those events;
+--   sessions    the window holds the min(max_sessions, last earlier session) most recent sessions, and
+--               of each the positive takes, the events from its cut start to its cut end;
+--   examples    every example of training_examples points (event_id) at its positive's history row,
+--               with the same user and event_at, and every history row has its positive example.
 
 {% set max_len = int_var('history_max_len') %}
 {% set max_sessions = int_var('dsin_max_sessions') %}
@@ -19,11 +30,31 @@
 
 with
 
--- not materialized: the list columns are read from the table by the checks that need them (a materialized
--- copy of every list spilled to disk at 1M events/day and made the test several times slower)
-positives as not materialized (
+-- not materialized: each reader scans only the list columns it needs (a materialized copy of every
+-- list was read back ~7 times)
+sequences as not materialized (
 
-    select *, event_id as example_id from {{ ref('training_histories') }}
+    select * from {{ ref('training_sequences') }}
+    where ds = {{ ds() }}
+
+),
+
+-- one row per positive as stored; and as the view gives it (the link to the examples)
+positives as (
+
+    select
+        user_id,
+        unnest(event_ids) as event_id,
+        unnest(event_ats) as event_at,
+        unnest(events_before) as events_before
+
+    from sequences
+
+),
+
+histories as (
+
+    select ds, event_id, user_id, event_at, event_id as example_id from {{ ref('training_histories') }}
     where ds = {{ ds() }}
 
 ),
@@ -32,7 +63,7 @@ events as (
 
     select * from {{ ref('int_events_sessionized') }}
     where ds <= {{ ds() }}
-        and user_id in (select user_id from positives)
+        and user_id in (select user_id from sequences)
 
 ),
 
@@ -94,171 +125,217 @@ probes as materialized (
 
 ),
 
-checked as not materialized (
+-- everything each active user touched up to ds, as one list: never a DIEN negative
+touched as (
+
+    select user_id, list(distinct item_id) as items
+    from events
+    group by user_id
+
+),
+
+window_elements as (
 
     select
-        positives.example_id,
+        user_id,
+        generate_subscripts(item_ids, 1) as w,
+        unnest(item_ids) as item_id,
+        unnest(categories) as category,
+        unnest(behaviors) as behavior,
+        unnest(session_numbers) as session_number,
+        unnest(session_ranks) as session_rank,
+        unnest(event_numbers) as position
+
+    from sequences
+
+),
+
+-- per user: aligned lists, event numbers strictly increasing along the window, session ranks numbering
+-- the window's sessions from 1, bounds for each rank, no touched DIEN negative
+window_failures as (
+
+    select
+        sequences.user_id,
+        case
+            when len(categories) != len(item_ids) or len(behaviors) != len(item_ids)
+                or len(session_numbers) != len(item_ids) or len(session_ranks) != len(item_ids)
+                or len(neg_item_ids) != len(item_ids) or len(neg_categories) != len(item_ids)
+                or len(event_numbers) != len(item_ids)
+                or len(session_ends) != len(session_starts)
+                or len(session_starts) != coalesce(list_max(session_ranks), 0)
+                or len(event_ats) != len(event_ids) or len(events_before) != len(event_ids)
+                or list_sort(event_numbers) != event_numbers
+                or list_unique(event_numbers) != len(event_numbers)
+                or session_ranks != list_transform(session_numbers, lambda x: x - list_min(session_numbers) + 1)
+                then 'window'
+            when list_has_any(neg_item_ids, touched.items) then 'touched_negative'
+        end as check_name
+
+    from sequences
+    left join touched on touched.user_id = sequences.user_id
+
+    union all
+
+    -- every window element is the timeline event its event_number names
+    select window_elements.user_id, 'window'
+    from window_elements
+    left join event_positions
+        on event_positions.user_id = window_elements.user_id
+        and event_positions.position = window_elements.position
+    where event_positions.position is null
+        or event_positions.item_id is distinct from window_elements.item_id
+        or event_positions.behavior is distinct from window_elements.behavior
+        or event_positions.category is distinct from window_elements.category
+        or event_positions.session_number is distinct from window_elements.session_number
+
+),
+
+-- per (user, session rank): its window positions and events, against the stored bounds
+window_sessions as (
+
+    select
+        window_elements.user_id,
+        window_elements.session_rank,
+        window_elements.session_number,
+        min(window_elements.w) as first_w,
+        max(window_elements.w) as last_w,
+        min(window_elements.position) as first_event,
+        max(window_elements.position) as last_event,
+        count(*) as events
+
+    from window_elements
+    group by window_elements.user_id, window_elements.session_rank, window_elements.session_number
+
+),
+
+session_bound_failures as (
+
+    select window_sessions.user_id, 'window' as check_name
+    from window_sessions
+    inner join sequences on sequences.user_id = window_sessions.user_id
+    -- a session's window elements are consecutive events (positions increase strictly along the window)
+    where sequences.session_starts[window_sessions.session_rank] is distinct from window_sessions.first_w
+        or sequences.session_ends[window_sessions.session_rank] is distinct from window_sessions.last_w
+        or window_sessions.last_event - window_sessions.first_event + 1 != window_sessions.events
+        or window_sessions.last_w - window_sessions.first_w + 1 != window_sessions.events
+
+),
+
+-- per positive: n, its last earlier session, the window positions the view slices
+checked as (
+
+    select
+        positives.event_id,
         positives.user_id,
-        positives.event_at,
-        positives.history_length,
-        positives.item_id_history,
-        positives.behavior_history,
-        positives.category_history,
-        positives.neg_item_id_history,
-        positives.session_item_ids,
-        positives.session_category_ids,
+        positives.events_before,
         probes.n,
-        probes.last_session
+        probes.last_session,
+        least(probes.n, {{ max_len }}) as h,
+        sequences.event_numbers[positives.events_before] as last_before,
+        sequences.event_numbers[positives.events_before - h + 1] as first_taken,
+        coalesce(sequences.session_ranks[positives.events_before], 0) as last_rank
 
     from positives
+    inner join sequences on sequences.user_id = positives.user_id
     left join probes on probes.user_id = positives.user_id and probes.event_at = positives.event_at
-
-),
-
--- lengths: history min(n, max_len) everywhere, sessions min(max_sessions, last session)
-shape_failures as (
-
-    select example_id from checked
-    where n is null
-        or history_length != least(n, {{ max_len }})
-        or len(item_id_history) != history_length
-        or len(behavior_history) != history_length
-        or len(category_history) != history_length
-        or len(neg_item_id_history) != history_length
-        or len(session_item_ids) != least({{ max_sessions }}, last_session)
-        or len(session_category_ids) != len(session_item_ids)
-
-),
-
-history_elements as (
-
-    select
-        example_id,
-        user_id,
-        n - history_length + generate_subscripts(item_id_history, 1) as position,
-        unnest(item_id_history) as item_id,
-        unnest(behavior_history) as behavior,
-        unnest(category_history) as category
-
-    from checked
 
 ),
 
 history_failures as (
 
-    select history_elements.example_id
-    from history_elements
-    left join event_positions
-        on event_positions.user_id = history_elements.user_id
-        and event_positions.position = history_elements.position
-    where event_positions.item_id is distinct from history_elements.item_id
-        or event_positions.behavior is distinct from history_elements.behavior
-        or event_positions.category is distinct from history_elements.category
+    select event_id, 'history' as check_name from checked
+    where n is null
+        or events_before < h
+        or (n = 0 and events_before != 0)
+        or (h > 0 and (last_before is distinct from n or first_taken is distinct from n - h + 1))
+        or last_rank < least({{ max_sessions }}, last_session)
 
 ),
 
--- one row per (example, session): the session number it must be and that session's cut. Not
--- materialized: each of its two readers computes it again (writing and reading back a copy of every
--- session list was ~40 of the test's ~245 s of operator time at 10M events/day)
-sessions as not materialized (
+-- the sessions a positive takes (ranks last_rank - k + 1, k = 1 .. min(max_sessions, last_rank)) must hold
+-- their cut: from max(first event, cut end - session_len + 1) to the cut end. Earlier sessions end at their
+-- last event, so per user every rank from the lowest one taken up to (not including) the highest
+-- positive's last rank holds the session's last min(session_len, size) events; the current session of each
+-- positive holds its events from max(first event, n - session_len + 1) to n
+lowest_taken as (
 
-    select
-        example_sessions.*,
-        least(session_bounds.last_position, example_sessions.n) as slice_end,
-        greatest(session_bounds.first_position, slice_end - {{ session_len }} + 1) as slice_start
-
-    from (
-        select
-            example_id,
-            user_id,
-            n,
-            last_session - len(session_item_ids) + generate_subscripts(session_item_ids, 1) as session_number,
-            unnest(session_item_ids) as items,
-            unnest(session_category_ids) as categories
-
-        from checked
-    ) as example_sessions
-    left join session_bounds
-        on session_bounds.user_id = example_sessions.user_id
-        and session_bounds.session_number = example_sessions.session_number
+    select user_id, min(greatest(last_rank - {{ max_sessions }} + 1, 1)) as lowest_rank
+    from checked
+    where last_rank > 0
+    group by user_id
 
 ),
 
 session_failures as (
 
-    select example_id from sessions
-    where slice_start is null
-        or len(items) != slice_end - slice_start + 1
-        or len(categories) != len(items)
+    select cast(window_sessions.user_id as varchar) as event_id, 'sessions' as check_name
+    from window_sessions
+    inner join lowest_taken on lowest_taken.user_id = window_sessions.user_id
+    left join session_bounds
+        on session_bounds.user_id = window_sessions.user_id
+        and session_bounds.session_number = window_sessions.session_number
+    where window_sessions.session_rank >= lowest_taken.lowest_rank
+        and (session_bounds.first_position is null
+             or window_sessions.last_event != session_bounds.last_position
+             or window_sessions.first_event
+                > greatest(session_bounds.first_position, session_bounds.last_position - {{ session_len }} + 1))
 
     union all
 
-    select session_elements.example_id
-    from (
-        select
-            example_id,
-            user_id,
-            slice_start - 1 + generate_subscripts(items, 1) as position,
-            unnest(items) as item_id,
-            unnest(categories) as category
-        from sessions
-    ) as session_elements
-    left join event_positions
-        on event_positions.user_id = session_elements.user_id
-        and event_positions.position = session_elements.position
-    where event_positions.item_id is distinct from session_elements.item_id
-        or event_positions.category is distinct from session_elements.category
+    select checked.event_id, 'sessions'
+    from checked
+    left join window_sessions
+        on window_sessions.user_id = checked.user_id
+        and window_sessions.session_rank = checked.last_rank
+    left join session_bounds
+        on session_bounds.user_id = checked.user_id
+        and session_bounds.session_number = window_sessions.session_number
+    where checked.last_rank > 0
+        and (session_bounds.first_position is null
+             or window_sessions.last_event < checked.n
+             or window_sessions.first_event
+                > greatest(session_bounds.first_position, checked.n - {{ session_len }} + 1))
 
 ),
 
--- DIEN negatives of the positives: never an item the user touched up to ds
-negative_failures as (
-
-    select negative.example_id
-    from (
-        select example_id, user_id, unnest(neg_item_id_history) as item_id from checked
-    ) as negative
-    semi join events on events.user_id = negative.user_id and events.item_id = negative.item_id
-
-),
-
--- examples share their positive's lists by reference: it must exist, be the same event, and have its
--- positive example (label 1, example_id = event_id)
+-- examples share their positive's lists by reference: the history row must exist, be the same event,
+-- and have its positive example (label 1, example_id = event_id)
 example_failures as (
 
     select examples.example_id
     from {{ ref('training_examples') }} as examples
-    left join positives on positives.event_id = examples.event_id
+    left join histories on histories.event_id = examples.event_id
     where examples.ds = {{ ds() }}
-        and (positives.event_id is null
-             or positives.user_id is distinct from examples.user_id
-             or positives.event_at is distinct from examples.event_at
+        and (histories.event_id is null
+             or histories.user_id is distinct from examples.user_id
+             or histories.event_at is distinct from examples.event_at
              or (examples.label = 1 and examples.example_id != examples.event_id))
 
     union all
 
-    select positives.example_id
-    from positives
+    select histories.example_id
+    from histories
     anti join (
         select event_id from {{ ref('training_examples') }}
         where ds = {{ ds() }} and label = 1 and example_id = event_id
-    ) as positive_examples on positive_examples.event_id = positives.event_id
+    ) as positive_examples on positive_examples.event_id = histories.event_id
 
 ),
 
 failures as (
 
     select distinct example_id, check_name from (
-        select example_id, 'shape' as check_name from shape_failures
+        select cast(user_id as varchar) as example_id, check_name from window_failures
         union all
-        select example_id, 'history' from history_failures
+        select cast(user_id as varchar), check_name from session_bound_failures
         union all
-        select example_id, 'sessions' from session_failures
+        select event_id, check_name from history_failures
         union all
-        select example_id, 'touched_negative' from negative_failures
+        select event_id, check_name from session_failures
         union all
         select example_id, 'unlinked_example' from example_failures
     )
+    where check_name is not null
 
 )
 

@@ -380,22 +380,28 @@ def test_user_and_item_features_windows(built: Built) -> None:
 
 
 @pytest.mark.parametrize("tamper", [
-    # the example's own item appended as a (future) session
-    "session_item_ids = list_append(session_item_ids, [e.item_id]), "
-    "session_category_ids = list_append(session_category_ids, [e.category])",
-    # a DIEN negative the user did touch: the positive's own item
-    "neg_item_id_history = list_prepend(e.item_id, list_slice(neg_item_id_history, 2, -1))",
-    # the event itself as the newest history element (same length, shifted by one)
-    "item_id_history = list_append(list_slice(item_id_history, 2, -1), e.item_id)",
-], ids=["session-after-the-event", "touched-dien-negative", "event-in-its-own-history"])
+    # every earlier session runs on to the window's last event (past the positives of ds)
+    "session_ends = list_transform(session_ends, lambda e: len(item_ids))",
+    # DIEN negatives the user did touch: the window's own items
+    "neg_item_ids = item_ids, neg_categories = categories",
+    # each positive's history one event longer: the event itself (or one at its instant) becomes history
+    "events_before = list_transform(events_before, lambda b: b + 1)",
+    # each history one event short at its end (stale by one event)
+    "events_before = list_transform(events_before, lambda b: greatest(b - 1, 0))",
+    # sessions shifted by one rank: a positive takes the wrong sessions
+    "session_ranks = list_transform(session_ranks, lambda r: r + 1)",
+    # a category that is not the event's
+    "categories = list_transform(categories, lambda c: c || 'x')",
+], ids=["session-after-the-event", "touched-dien-negative", "event-in-its-own-history", "history-one-short",
+        "sessions-shifted", "wrong-category"])
 def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Path, tamper: str) -> None:
+    """Tampering with the stored sequences (training_histories is their view) fails the leakage test."""
     cfg = relocated(built.cfg, tmp_path)
     shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
     con = connect(cfg, read_only=False)
-    con.execute(f"UPDATE marts.training_histories h SET {tamper} FROM marts.training_examples e "
-                "WHERE e.ds = h.ds AND e.event_id = h.event_id AND e.label = 1 AND h.ds = ? AND h.history_length > 0",
-                [D3])
+    changed = con.execute(f"UPDATE marts.training_sequences SET {tamper} WHERE ds = ?", [D3]).fetchone()[0]
     con.close()
+    assert changed > 0
     with pytest.raises(TransformError, match="assert_no_history_leakage"):
         build(cfg, D3, select="assert_no_history_leakage")
 

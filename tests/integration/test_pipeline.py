@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 DAY1, DAY2 = "2024-01-01", "2024-01-02"
 TABLES = ["raw.behaviors", "raw.rejected_rows", "intermediate.int_events_sessionized",
           "intermediate.int_item_popularity", "intermediate.int_item_covisitation", "marts.user_histories",
+          "marts.training_sequences", "marts.training_histories",
           "marts.training_examples", "marts.scoring_candidates", "marts.recommendations",
           "marts.ranking_metrics", "marts.model_promotions", "features.vocab"]
 

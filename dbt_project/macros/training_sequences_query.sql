@@ -1,8 +1,8 @@
 {#-
-    The query of marts.training_histories for one bucket of users (macros/user_buckets.sql); the
+    The query of marts.training_sequences for one bucket of users (macros/user_buckets.sql); the
     model documents what the rows are. Every CTE below is per user except item_pool (all items of ds).
 -#}
-{% macro training_histories_query(bucket, buckets) -%}
+{% macro training_sequences_query(bucket, buckets) -%}
 
 {% set max_len = int_var('history_max_len') %}
 {% set max_sessions = int_var('dsin_max_sessions') %}
@@ -145,7 +145,8 @@ user_sequences as materialized (
         list_transform(window_rows, lambda x: x.session_number) as session_numbers,
         list_transform(window_rows, lambda x: x.session_rank) as session_ranks,
         list_transform(window_rows, lambda x: x.neg_item_id) as neg_item_ids,
-        list_transform(window_rows, lambda x: x.neg_category) as neg_categories
+        list_transform(window_rows, lambda x: x.neg_category) as neg_categories,
+        list_transform(window_rows, lambda x: x.event_number) as event_numbers
 
     from (
         select
@@ -157,7 +158,8 @@ user_sequences as materialized (
                 'session_number': window_events.session_number,
                 'session_rank': window_events.session_rank,
                 'neg_item_id': aux_negatives.item_id,
-                'neg_category': aux_negatives.category
+                'neg_category': aux_negatives.category,
+                'event_number': window_events.event_number
             } order by window_events.window_position) as window_rows
 
         from window_events
@@ -196,41 +198,17 @@ positives as (
 
 ),
 
-positive_histories as (
+-- the positives of each user in time order (window position), as lists parallel to each other
+user_positives as (
 
     select
-        positives.*,
-        greatest(positives.events_before - {{ max_len }}, 0) + 1 as history_start,
-        list_slice(user_sequences.item_ids, history_start, positives.events_before) as item_id_history,
-        list_slice(user_sequences.categories, history_start, positives.events_before) as category_history,
-        list_slice(user_sequences.behaviors, history_start, positives.events_before) as behavior_history,
-        list_slice(user_sequences.session_numbers, history_start, positives.events_before)
-            as session_number_history,
-        list_slice(user_sequences.neg_item_ids, history_start, positives.events_before) as neg_item_id_history,
-        list_slice(user_sequences.neg_categories, history_start, positives.events_before)
-            as neg_category_history,
-        -- the session of the last event before the positive, and the sessions ranks to take
-        coalesce(user_sequences.session_ranks[positives.events_before], 0) as last_rank,
-        range(greatest(last_rank - {{ max_sessions }} + 1, 1), last_rank + 1) as session_ranks_taken,
-        -- a session's slice ends at its last event, or for the latest one at the last event before the positive
-        list_transform(session_ranks_taken, lambda r: list_slice(
-            user_sequences.item_ids,
-            greatest(user_sessions.session_starts[r],
-                     (case when r = last_rank then positives.events_before else user_sessions.session_ends[r] end)
-                     - {{ session_len }} + 1),
-            case when r = last_rank then positives.events_before else user_sessions.session_ends[r] end
-        )) as session_item_ids,
-        list_transform(session_ranks_taken, lambda r: list_slice(
-            user_sequences.categories,
-            greatest(user_sessions.session_starts[r],
-                     (case when r = last_rank then positives.events_before else user_sessions.session_ends[r] end)
-                     - {{ session_len }} + 1),
-            case when r = last_rank then positives.events_before else user_sessions.session_ends[r] end
-        )) as session_category_ids
+        user_id,
+        list(event_id order by window_position) as event_ids,
+        list(event_at order by window_position) as event_ats,
+        list(events_before order by window_position) as events_before
 
     from positives
-    inner join user_sequences on positives.user_id = user_sequences.user_id
-    inner join user_sessions on positives.user_id = user_sessions.user_id
+    group by user_id
 
 ),
 
@@ -238,20 +216,24 @@ final as (
 
     select
         {{ ds() }} as ds,
-        event_id,
-        user_id,
-        event_at,
-        item_id_history,
-        category_history,
-        behavior_history,
-        session_number_history,
-        cast(len(item_id_history) as integer) as history_length,
-        neg_item_id_history,
-        neg_category_history,
-        session_item_ids,
-        session_category_ids
+        user_sequences.user_id,
+        user_sequences.item_ids,
+        user_sequences.categories,
+        user_sequences.behaviors,
+        user_sequences.session_numbers,
+        user_sequences.session_ranks,
+        user_sequences.neg_item_ids,
+        user_sequences.neg_categories,
+        user_sequences.event_numbers,
+        user_sessions.session_starts,
+        user_sessions.session_ends,
+        user_positives.event_ids,
+        user_positives.event_ats,
+        user_positives.events_before
 
-    from positive_histories
+    from user_sequences
+    inner join user_sessions on user_sequences.user_id = user_sessions.user_id
+    inner join user_positives on user_sequences.user_id = user_positives.user_id
 
 )
 
