@@ -198,17 +198,26 @@ positives as (
 
 ),
 
--- the positives of each user in time order (window position), as lists parallel to each other
+-- the positives of each user in time order (window position), as lists parallel to each other; one
+-- ordered aggregate of structs, split afterwards (three ordered list()s sorted three times)
 user_positives as (
 
     select
         user_id,
-        list(event_id order by window_position) as event_ids,
-        list(event_at order by window_position) as event_ats,
-        list(events_before order by window_position) as events_before
+        list_transform(positive_rows, lambda x: x.event_id) as event_ids,
+        list_transform(positive_rows, lambda x: x.event_at) as event_ats,
+        list_transform(positive_rows, lambda x: x.events_before) as events_before
 
-    from positives
-    group by user_id
+    from (
+        select
+            user_id,
+            list({
+                'event_id': event_id, 'event_at': event_at, 'events_before': events_before
+            } order by window_position) as positive_rows
+
+        from positives
+        group by user_id
+    )
 
 ),
 
