@@ -253,10 +253,10 @@ history_failures as (
 ),
 
 -- the sessions a positive takes (ranks last_rank - k + 1, k = 1 .. min(max_sessions, last_rank)) must hold
--- their cut: from max(first event, cut end - session_len + 1) to the cut end. Earlier sessions end at their
--- last event, so per user every rank from the lowest one taken up to (not including) the highest
--- positive's last rank holds the session's last min(session_len, size) events; the current session of each
--- positive holds its events from max(first event, n - session_len + 1) to n
+-- their cut: from max(first event, cut end - session_len + 1) to the cut end. Per user, every rank from the
+-- lowest one taken holds its session's last min(session_len, size) events up to the end of ds (an earlier
+-- session's cut); the current session of each positive holds its events from
+-- max(first event, n - session_len + 1) to n
 lowest_taken as (
 
     select user_id, min(greatest(last_rank - {{ max_sessions }} + 1, 1)) as lowest_rank

@@ -1,6 +1,7 @@
 -- History of every positive of ds, ONE ROW PER POSITIVE (marts.training_examples holds the positive
 -- and its negatives, each row pointing here by event_id): the one-row-per-positive view of
--- marts.training_sequences that the feature store, the GX suite and the leakage test read. Every
+-- marts.training_sequences that the feature store and the GX suite read (the leakage test checks the
+-- stored windows; models/marts/_unit_tests.yml pins this slicing). Every
 -- behaviour of ds is a positive whose history is the user's last history_max_len behaviours STRICTLY
 -- before it (event_at earlier than the event's; events at the same instant are not history), oldest
 -- first. Alongside the history:
@@ -39,7 +40,15 @@ slices as (
         greatest(events_before - {{ max_len }}, 0) + 1 as history_start,
         -- the session of the last event before the positive, and the session ranks to take
         coalesce(session_ranks[events_before], 0) as last_rank,
-        range(greatest(last_rank - {{ max_sessions }} + 1, 1), last_rank + 1) as session_ranks_taken
+        range(greatest(last_rank - {{ max_sessions }} + 1, 1), last_rank + 1) as session_ranks_taken,
+        -- each taken session's cut: it ends at the session's last event, or for the latest one at the last
+        -- event before the positive, and keeps at most session_len events
+        list_transform(session_ranks_taken, lambda r: {
+            'first': greatest(session_starts[r],
+                              (case when r = last_rank then events_before else session_ends[r] end)
+                              - {{ session_len }} + 1),
+            'last': case when r = last_rank then events_before else session_ends[r] end
+        }) as session_cuts
 
     from positives
 
@@ -59,19 +68,8 @@ final as (
         cast(least(events_before, {{ max_len }}) as integer) as history_length,
         list_slice(neg_item_ids, history_start, events_before) as neg_item_id_history,
         list_slice(neg_categories, history_start, events_before) as neg_category_history,
-        -- a session's slice ends at its last event, or for the latest one at the last event before the positive
-        list_transform(session_ranks_taken, lambda r: list_slice(
-            item_ids,
-            greatest(session_starts[r],
-                     (case when r = last_rank then events_before else session_ends[r] end) - {{ session_len }} + 1),
-            case when r = last_rank then events_before else session_ends[r] end
-        )) as session_item_ids,
-        list_transform(session_ranks_taken, lambda r: list_slice(
-            categories,
-            greatest(session_starts[r],
-                     (case when r = last_rank then events_before else session_ends[r] end) - {{ session_len }} + 1),
-            case when r = last_rank then events_before else session_ends[r] end
-        )) as session_category_ids
+        list_transform(session_cuts, lambda c: list_slice(item_ids, c.first, c.last)) as session_item_ids,
+        list_transform(session_cuts, lambda c: list_slice(categories, c.first, c.last)) as session_category_ids
 
     from slices
 
