@@ -31,8 +31,8 @@ WAREHOUSE = "duckdb://recsys"
 OUTLETS = {
     "ingest": ["raw.behaviors", "raw.users", "raw.items", "raw.rejected_rows", "raw.ingest_files"],
     "transform": ["marts.user_features", "marts.item_features", "marts.user_histories",
-                  "marts.training_examples", "marts.training_histories",
-                  "marts.scoring_candidate_lists"],  # scoring_candidates: a view on it
+                  "marts.training_examples", "marts.training_sequences",
+                  "marts.scoring_candidate_lists"],  # training_histories / scoring_candidates: views on them
     "validate": [],  # reads only (GX); a failure stops the run
     "train": ["features.vocab"],  # plus a model version in MLflow
     "promote": ["marts.model_promotions"],
