@@ -324,6 +324,32 @@ def stage_peers(peers_dir: Path, venvs: Path) -> Path:
     return stage
 
 
+# The stored FuxiCTR model_zoo DIEN (58e2696) defines `add_loss(self, inputs)` and re-runs forward in it, but
+# fuxictr 2.3.10's `compute_loss` calls `add_loss(return_dict, y_true)`: the run crashed on its first batch
+# (runs s3-final, s4-final). The staged copy takes the library's arguments; the loss it computes (BCE on
+# y_pred, plus the auxiliary term only when aux_loss_alpha > 0, which the runner leaves at 0) is unchanged.
+FUXICTR_DIEN_OLD = """    def add_loss(self, inputs):
+        y_true = self.get_labels(inputs)
+        return_dict = self.forward(inputs)
+"""
+FUXICTR_DIEN_NEW = """    def add_loss(self, return_dict, y_true):
+"""
+FUXICTR_ZOO_ADAPTED = "DIEN.add_loss(inputs) -> add_loss(return_dict, y_true), the signature fuxictr 2.3.10 calls"
+
+
+def stage_fuxictr_zoo(zoo: Path, stage: Path) -> tuple[Path, str | None]:
+    """The zoo to run: `zoo` itself, or a copy under `stage` whose DIEN takes fuxictr 2.3.10's `add_loss`
+    arguments (FUXICTR_DIEN_OLD -> FUXICTR_DIEN_NEW). Returns (zoo path, what was adapted or None)."""
+    dien = zoo / "DIEN" / "src" / "DIEN.py"
+    if not dien.is_file() or FUXICTR_DIEN_OLD not in dien.read_text():
+        return zoo, None
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(zoo, stage)
+    staged = stage / "DIEN" / "src" / "DIEN.py"
+    staged.write_text(dien.read_text().replace(FUXICTR_DIEN_OLD, FUXICTR_DIEN_NEW))
+    return stage, FUXICTR_ZOO_ADAPTED
+
+
 def run_peers(run_id: str, out: Path, log_dir: Path, dien_max_batches: int, venvs: Path = PEERS_VENVS,
               peers_dir: Path = PEERS_DIR, only: tuple[str, ...] = (),
               max_batches: int | None = None) -> list[dict[str, Any]]:
@@ -337,6 +363,10 @@ def run_peers(run_id: str, out: Path, log_dir: Path, dien_max_batches: int, venv
         print(f"SKIP peers without a venv under {venvs}: {', '.join(missing)} "
               f"(build them: PEERS_VENVS={venvs} bash {peers_dir}/setup_venvs.sh)", flush=True)
     stage = stage_peers(peers_dir, venvs)
+    zoo, zoo_adapted = stage_fuxictr_zoo(Path(os.environ.get("FUXICTR_MODEL_ZOO", venvs / "FuxiCTR" / "model_zoo")),
+                                         venvs / "scripts" / "fuxictr_model_zoo")
+    if zoo_adapted:
+        print(f"fuxictr model_zoo staged at {zoo}: {zoo_adapted}", flush=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for name, venv, script, args, is_dien in PEER_RUNS:
@@ -350,7 +380,7 @@ def run_peers(run_id: str, out: Path, log_dir: Path, dien_max_batches: int, venv
             argv += ["--max-batches", str(dien_max_batches)]
         tmp = log_dir / f"{run_id}_{name}.jsonl"
         env = dict(os.environ, PEERS_RESULTS=str(tmp), PEERS_DATA=os.environ.get("PEERS_DATA", "/tmp/peers/data"),
-                   FUXICTR_MODEL_ZOO=os.environ.get("FUXICTR_MODEL_ZOO", str(venvs / "FuxiCTR" / "model_zoo")))
+                   FUXICTR_MODEL_ZOO=str(zoo))
         print(f"== {name} ({time.strftime('%H:%M:%S')})", flush=True)
         t0 = time.time()
         with open(log_dir / f"{run_id}_{name}.log", "w") as log:
@@ -361,6 +391,8 @@ def run_peers(run_id: str, out: Path, log_dir: Path, dien_max_batches: int, venv
             r.update(run_id=run_id, loadavg=[round(x, 2) for x in os.getloadavg()])
             if r["peer"] == "fuxictr" and zoo_commit.is_file():
                 r["model_zoo_commit"] = zoo_commit.read_text().strip()
+            if r["peer"] == "fuxictr" and r["model"] == "DIEN" and zoo_adapted:
+                r["model_zoo_adapted"] = zoo_adapted
         append_lines(out, lines)
         records += lines
         status = "ok" if lines else ("SKIP/FAILED, see " + str(log_dir / f"{run_id}_{name}.log"))

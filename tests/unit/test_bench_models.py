@@ -157,3 +157,25 @@ def test_missing_peer_venvs_are_skipped_with_a_message(tmp_path: Path, capsys: p
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_fuxictr_dien_with_the_old_add_loss_runs_from_an_adapted_copy(tmp_path: Path) -> None:
+    """The stored zoo DIEN takes add_loss(inputs); fuxictr 2.3.10 calls add_loss(return_dict, y_true)."""
+    zoo = tmp_path / "model_zoo"
+    (zoo / "DIEN" / "src").mkdir(parents=True)
+    (zoo / "DIN" / "src").mkdir(parents=True)
+    body = "        loss = self.loss_fn(return_dict['y_pred'], y_true)\n        return loss\n"
+    original = "class DIEN:\n" + bm.FUXICTR_DIEN_OLD + body
+    (zoo / "DIEN" / "src" / "DIEN.py").write_text(original)
+    (zoo / "DIN" / "src" / "DIN.py").write_text("class DIN: pass\n")
+
+    staged, adapted = bm.stage_fuxictr_zoo(zoo, tmp_path / "stage")
+
+    assert staged == tmp_path / "stage" and adapted == bm.FUXICTR_ZOO_ADAPTED
+    assert (staged / "DIEN" / "src" / "DIEN.py").read_text() == "class DIEN:\n" + bm.FUXICTR_DIEN_NEW + body
+    assert (staged / "DIN" / "src" / "DIN.py").read_text() == "class DIN: pass\n"
+    assert (zoo / "DIEN" / "src" / "DIEN.py").read_text() == original  # the user's zoo is left as it is
+    # a zoo that already takes the library's arguments runs as it is
+    (zoo / "DIEN" / "src" / "DIEN.py").write_text("class DIEN:\n" + bm.FUXICTR_DIEN_NEW + body)
+    assert bm.stage_fuxictr_zoo(zoo, tmp_path / "stage2") == (zoo, None)
+    assert not (tmp_path / "stage2").exists()
