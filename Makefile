@@ -67,7 +67,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15   # the 15 slowest tests, to keep the suite under its 15-minute budget
 
 EVENTS ?= 1000000
 bench-pipeline: install
