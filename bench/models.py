@@ -341,12 +341,12 @@ def stage_fuxictr_zoo(zoo: Path, stage: Path) -> tuple[Path, str | None]:
     """The zoo to run: `zoo` itself, or a copy under `stage` whose DIEN takes fuxictr 2.3.10's `add_loss`
     arguments (FUXICTR_DIEN_OLD -> FUXICTR_DIEN_NEW). Returns (zoo path, what was adapted or None)."""
     dien = zoo / "DIEN" / "src" / "DIEN.py"
-    if not dien.is_file() or FUXICTR_DIEN_OLD not in dien.read_text():
+    source = dien.read_text() if dien.is_file() else ""
+    if FUXICTR_DIEN_OLD not in source:
         return zoo, None
     shutil.rmtree(stage, ignore_errors=True)
     shutil.copytree(zoo, stage)
-    staged = stage / "DIEN" / "src" / "DIEN.py"
-    staged.write_text(dien.read_text().replace(FUXICTR_DIEN_OLD, FUXICTR_DIEN_NEW))
+    (stage / "DIEN" / "src" / "DIEN.py").write_text(source.replace(FUXICTR_DIEN_OLD, FUXICTR_DIEN_NEW))
     return stage, FUXICTR_ZOO_ADAPTED
 
 
@@ -367,6 +367,7 @@ def run_peers(run_id: str, out: Path, log_dir: Path, dien_max_batches: int, venv
                                          venvs / "scripts" / "fuxictr_model_zoo")
     if zoo_adapted:
         print(f"fuxictr model_zoo staged at {zoo}: {zoo_adapted}", flush=True)
+    zoo_commit = zoo / "COMMIT"  # where the zoo came from, if recorded (copied with a staged zoo)
     log_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for name, venv, script, args, is_dien in PEER_RUNS:
@@ -386,7 +387,6 @@ def run_peers(run_id: str, out: Path, log_dir: Path, dien_max_batches: int, venv
         with open(log_dir / f"{run_id}_{name}.log", "w") as log:
             rc = subprocess.run(argv, cwd=stage, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         lines = [json.loads(x) for x in tmp.read_text().splitlines() if x.strip()] if tmp.exists() else []
-        zoo_commit = Path(env["FUXICTR_MODEL_ZOO"]) / "COMMIT"  # where the zoo came from, if recorded
         for r in lines:
             r.update(run_id=run_id, loadavg=[round(x, 2) for x in os.getloadavg()])
             if r["peer"] == "fuxictr" and zoo_commit.is_file():

@@ -3,7 +3,7 @@
 --
 -- A table, unlike the other staging models: three marts read it, two of them once per user bucket, and
 -- as a view each read re-ran the window over every user's snapshot rows (1.7M users at 10M events/day:
--- ~1.4 s per bucket of scoring_candidate_lists, ~0.8 s per bucket of training_examples).
+-- one bucket of scoring_candidate_lists took 11.9 s with the view, 9.7 s with the table).
 
 {{ config(materialized='table') }}
 
