@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from recsys.models.base import ModelOutput, RankingModel, sum_pool
 from recsys.models.features import FeatureMap
-from recsys.models.layers import MLP, ActivationUnit, InterestEvolution, auxiliary_loss
+from recsys.models.layers import MLP, ActivationUnit, InterestEvolution, auxiliary_loss, gru_sequence
 
 
 def valid_steps(mask: Tensor) -> int:
@@ -55,7 +55,7 @@ class DIEN(RankingModel):
         super().__init__(feature_map, embed_dim, extra=negatives)
         self.negatives = negatives  # in history order, so they embed like the histories
         dim = self.embedding.query_dim
-        self.extractor = nn.GRU(dim, dim, batch_first=True)
+        self.extractor = nn.GRU(dim, dim, batch_first=True)  # its parameters; run by `gru_sequence`
         self.attention = ActivationUnit(dim, attention_hidden, attention_activation or activation,
                                         kind=attention, softmax=softmax)
         self.evolution = InterestEvolution(dim, dim, evolution)
@@ -67,7 +67,7 @@ class DIEN(RankingModel):
         e = self.embedding(batch)
         steps = valid_steps(e.mask)  # positions after the batch's longest history change nothing
         keys, mask = e.keys[:, :steps], e.mask[:, :steps]
-        interests, _ = self.extractor(keys)  # [B, steps, D]; left-aligned: valid outputs never see padding
+        interests = gru_sequence(keys, self.extractor)  # [B, steps, D]; left-aligned: padding comes after
         weights = self.attention(e.query, interests, mask)  # [B, steps], 0 on padding
         final = self.evolution(interests, weights, mask)  # [B, D]
         aux = None
@@ -86,7 +86,7 @@ class DIEN(RankingModel):
         n_users, n_cand = e.query.shape[:2]
         steps = valid_steps(e.mask)
         keys, mask = e.keys[:, :steps], e.mask[:, :steps]
-        interests, _ = self.extractor(keys)  # [U, steps, D]
+        interests = gru_sequence(keys, self.extractor)  # [U, steps, D]
         weights = self.attention(e.query, interests, mask)  # [U, C, steps]
 
         def per_pair(x: Tensor) -> Tensor:  # [U, ...] -> [U * C, ...]

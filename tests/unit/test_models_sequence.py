@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys.models import FeatureMap, RankingModel, build_model
-from recsys.models.layers import GRUFunction, InterestEvolution, SessionInteraction, auxiliary_loss
+from recsys.models.layers import GRUFunction, InterestEvolution, SessionInteraction, auxiliary_loss, gru_sequence
 from tests.unit.test_models import B, E, T, make_batch, map_dict, pad_more
 
 SMALL = {"embed_dim": E, "attention_hidden": (8, 4), "mlp_hidden": (16, 8)}
@@ -95,6 +95,27 @@ def test_fused_recurrence_gradients_match_finite_differences(agru: bool) -> None
 
     assert torch.autograd.gradcheck(every_state, (gi, gate, w_hh, b_hh))
     assert torch.autograd.gradcheck(last_state, (gi, gate, w_hh, b_hh))
+
+
+def test_gru_sequence_is_the_modules_own_gru_with_its_gradients() -> None:
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(5, 4, batch_first=True).double()
+    x = torch.randn(3, 6, 5, dtype=torch.double, requires_grad=True)
+    ours, reference = gru_sequence(x, gru), gru(x)[0]
+    assert ours.shape == (3, 6, 4)
+    assert torch.allclose(ours, reference)
+    weights = (torch.randn(3, 6, 4, dtype=torch.double),)
+    grads = torch.autograd.grad((ours * weights[0]).sum(), (x, *gru.parameters()))
+    expected = torch.autograd.grad((reference * weights[0]).sum(), (x, *gru.parameters()))
+    assert all(torch.allclose(a, b) for a, b in zip(grads, expected, strict=True))
+
+
+def test_plain_recurrence_gradients_match_finite_differences() -> None:
+    torch.manual_seed(0)
+    gi = torch.randn(5, 3, 12, dtype=torch.double, requires_grad=True)
+    w_hh = torch.randn(12, 4, dtype=torch.double, requires_grad=True)
+    b_hh = torch.randn(12, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda g, w, b: GRUFunction.apply(g, None, w, b, False), (gi, w_hh, b_hh))
 
 
 def test_evolution_keeps_the_state_on_padding() -> None:
