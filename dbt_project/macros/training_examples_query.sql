@@ -1,5 +1,5 @@
 {#-
-    The query of marts.training_examples for one bucket of users (macros/user_buckets.sql); the model
+    The query of marts.training_example_rows for one bucket of users (macros/user_buckets.sql); the model
     documents what the rows are. Everything is per positive (hence per user) except the item pools.
 
     Negatives are picked per positive from a LIST of its draws (draw number k = list position), so no
@@ -265,7 +265,7 @@ examples as (
 
     select
         *,
-        event_id as example_id,
+        0 as negative_number,
         item_id as example_item_id,
         category as example_category,
         1 as label,
@@ -277,8 +277,9 @@ examples as (
 
     select
         *,
-        -- the positive's id and the negative's number: unique and stable, without hashing
-        event_id || '-n' || generate_subscripts(negative_items, 1) as example_id,
+        -- with the positive's event_id, the key of the example (marts.training_examples derives
+        -- example_id from the two: storing that unique string took a quarter of the warehouse at 10M)
+        generate_subscripts(negative_items, 1) as negative_number,
         unnest(negative_items) as example_item_id,
         unnest(negative_categories) as example_category,
         0 as label,
@@ -292,8 +293,8 @@ final as (
 
     select
         {{ ds() }} as ds,
-        example_id,
         event_id,
+        cast(negative_number as integer) as negative_number,
         user_id,
         example_item_id as item_id,
         example_category as category,

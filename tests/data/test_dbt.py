@@ -407,8 +407,8 @@ def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Pat
 
 
 @pytest.mark.parametrize("tamper", [
-    "UPDATE marts.training_examples SET event_id = event_id || 'x' WHERE ds = ? AND label = 0",
-    "DELETE FROM marts.training_examples WHERE ds = ? AND label = 1",
+    "UPDATE marts.training_example_rows SET event_id = event_id || 'x' WHERE ds = ? AND label = 0",
+    "DELETE FROM marts.training_example_rows WHERE ds = ? AND label = 1",
 ], ids=["negative-without-its-history", "history-without-its-positive"])
 def test_leakage_test_catches_examples_unlinked_from_histories(built: Built, tmp_path: Path, tamper: str) -> None:
     cfg = relocated(built.cfg, tmp_path)
