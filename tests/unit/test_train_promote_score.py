@@ -28,7 +28,7 @@ from recsys.models import build_model
 from recsys.promote import PromotionResult, promote
 from recsys.score import NoChampionError, ScoreResult, distinct_items, rank_top_k, ranked_positions, score
 from recsys.train import TrainResult, fit_epoch, load_split, model_inputs, train
-from recsys.warehouse import connect
+from recsys.warehouse import connect, table_exists
 
 DAYS = ("2024-01-01", "2024-01-02", "2024-01-03")
 N_USERS, N_ITEMS, N_CATEGORIES, N_CANDIDATES, TOP_K = 80, 60, 6, 10, 5
@@ -144,13 +144,15 @@ def shuffle_training_labels(cfg: Config, seed: int = 1, before: str = DAYS[-1]) 
     them learns nothing real. Returns how many labels changed."""
     con = connect(cfg, read_only=False)
     try:
-        table = con.sql("SELECT * FROM marts.training_examples ORDER BY example_id").to_arrow_table()
+        # a dbt-built warehouse stores the examples in training_example_rows (training_examples is its view)
+        name, order = (("training_example_rows", "ds, event_id, negative_number")
+                       if table_exists(con, "marts.training_example_rows") else ("training_examples", "example_id"))
+        table = con.sql(f"SELECT * FROM marts.{name} ORDER BY {order}").to_arrow_table()
         labels = table.column("label").to_numpy().copy()
         train_rows = np.flatnonzero(table.column("ds").to_numpy() < np.datetime64(before))
         original = labels[train_rows].copy()
         labels[train_rows] = np.random.default_rng(seed).permutation(original)
-        _create(con, "training_examples", table.set_column(table.column_names.index("label"), "label",
-                                                           pa.array(labels, pa.int32())))
+        _create(con, name, table.set_column(table.column_names.index("label"), "label", pa.array(labels, pa.int32())))
         return int((labels[train_rows] != original).sum())
     finally:
         con.close()
