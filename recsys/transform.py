@@ -17,15 +17,14 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from recsys.config import Config
 from recsys.ingest import validate_ds
+from recsys.warehouse import connect, migrate_layout
 
 log = logging.getLogger(__name__)
 
@@ -169,43 +168,6 @@ def project_fingerprint(manifest_path: Path) -> str:
     return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
 
 
-# A warehouse built before marts.training_examples became a view of marts.training_example_rows holds the
-# examples in a table of that name. dbt would replace it by the view and start the new table empty, so
-# training windows would silently lose every day not rebuilt; instead the rows move over once, with the
-# negative's number read back from its example_id ('<event_id>-n<k>').
-_EXAMPLE_ROWS_FROM_OLD_TABLE = """
-    CREATE TABLE marts.training_example_rows AS
-    SELECT ds, event_id,
-           CAST(CASE WHEN example_id = event_id THEN 0
-                     ELSE CAST(substr(example_id, length(event_id) + 3) AS INTEGER) END AS INTEGER) AS negative_number,
-           * EXCLUDE (ds, example_id, event_id)
-    FROM marts.training_examples"""
-
-
-def migrate_warehouse(warehouse: Path) -> bool:
-    """Bring a warehouse of an earlier layout to the current one before dbt runs; True if it changed.
-
-    The caller holds the writer lock. One move so far: marts.training_examples (a table) ->
-    marts.training_example_rows, in one transaction (a failure leaves the old table as it was).
-    """
-    con = duckdb.connect(str(warehouse))
-    try:
-        con.execute("SET enable_progress_bar = false")  # a log, not a terminal
-        kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables "
-                                 "WHERE table_schema = 'marts' AND table_name IN "
-                                 "('training_examples', 'training_example_rows')").fetchall())
-        if kinds.get("training_examples") != "BASE TABLE" or "training_example_rows" in kinds:
-            return False
-        con.execute("BEGIN")
-        con.execute(_EXAMPLE_ROWS_FROM_OLD_TABLE)
-        con.execute("DROP TABLE marts.training_examples")
-        con.execute("COMMIT")
-        log.info("moved marts.training_examples (a table) to marts.training_example_rows")
-        return True
-    finally:
-        con.close()
-
-
 def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = False,
           extra_vars: dict[str, Any] | None = None) -> TransformResult:
     """`dbt build` for ds: every model, data test and unit test of the project (or `select`).
@@ -230,7 +192,8 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
         raise FileNotFoundError(f"warehouse {warehouse} does not exist yet; run `recsys ingest --ds {ds}` first")
     from dbt.cli.main import dbtRunner  # dbt loads only when this stage runs
 
-    migrate_warehouse(warehouse)
+    with closing(connect(cfg, read_only=False)) as con:
+        migrate_layout(con)  # before dbt: it would replace an older layout's tables, not move their rows
     started = time.monotonic()
     with _environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
         try:

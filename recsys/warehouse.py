@@ -102,6 +102,37 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
 
 
+# A warehouse built before marts.training_examples became a view of marts.training_example_rows holds the
+# examples in a table of that name. dbt would replace it by the view and start the new table empty, so
+# training windows would silently lose every day not rebuilt; instead the rows move over once, with the
+# negative's number read back from its example_id ('<event_id>-n<k>').
+_EXAMPLE_ROWS_FROM_OLD_TABLE = """
+    CREATE TABLE marts.training_example_rows AS
+    SELECT ds, event_id,
+           CAST(CASE WHEN example_id = event_id THEN 0
+                     ELSE CAST(substr(example_id, length(event_id) + 3) AS INTEGER) END AS INTEGER) AS negative_number,
+           * EXCLUDE (ds, example_id, event_id)
+    FROM marts.training_examples"""
+
+
+def migrate_layout(con: duckdb.DuckDBPyConnection) -> bool:
+    """Move the tables of an earlier warehouse layout to this one, in one transaction; True if it moved any.
+
+    One move so far: marts.training_examples (a table) -> marts.training_example_rows (dbt then makes
+    training_examples the view of it), so `transform.build` runs this before dbt.
+    """
+    kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = "
+                             "'marts' AND table_name IN ('training_examples', 'training_example_rows')").fetchall())
+    if kinds.get("training_examples") != "BASE TABLE" or "training_example_rows" in kinds:
+        return False
+    con.execute("SET enable_progress_bar = false")  # a log, not a terminal
+    with transaction(con):
+        con.execute(_EXAMPLE_ROWS_FROM_OLD_TABLE)
+        con.execute("DROP TABLE marts.training_examples")
+    log.info("moved marts.training_examples (a table) to marts.training_example_rows")
+    return True
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """Run a block in one transaction: everything it wrote appears at commit or not at all."""

@@ -481,7 +481,8 @@ class GRUFunction(torch.autograd.Function):
     def forward(ctx: Any, gi: Tensor, gate: Tensor | None, w_hh: Tensor, b_hh: Tensor, agru: bool) -> Tensor:
         steps, rows, width = gi.shape
         hidden = width // 3
-        states, update, candidate = (gi.new_empty(steps, rows, hidden) for _ in range(3))
+        states, candidate = gi.new_empty(steps, rows, hidden), gi.new_empty(steps, rows, hidden)
+        update = gi.new_empty(steps, rows, hidden) if gate is not None else None  # u'; a plain GRU's is 1 - z
         recurrent = gi.new_empty(steps, rows, width)  # W_hh h_{t-1} + b_hh
         reset_update = gi.new_empty(steps, rows, 2 * hidden)  # r, z
         gi_rz, gi_n = gi[..., :2 * hidden].unbind(0), gi[..., 2 * hidden:].unbind(0)
@@ -489,8 +490,8 @@ class GRUFunction(torch.autograd.Function):
                               recurrent[..., 2 * hidden:].unbind(0))
         rz, r, z = (reset_update.unbind(0), reset_update[..., :hidden].unbind(0),
                     reset_update[..., hidden:].unbind(0))
-        h_t, u_t, n_t = states.unbind(0), update.unbind(0), candidate.unbind(0)
-        g_t = gate.unbind(0) if gate is not None else None
+        h_t, n_t = states.unbind(0), candidate.unbind(0)
+        u_t, g_t = (update.unbind(0), gate.unbind(0)) if gate is not None else (None, None)
         h, w_t = gi.new_zeros(rows, hidden), w_hh.t()
         for t in range(steps):
             torch.addmm(b_hh, h, w_t, out=rec[t])
@@ -527,8 +528,9 @@ class GRUFunction(torch.autograd.Function):
         d_r, d_z = d_gi[..., :hidden].unbind(0), d_gi[..., hidden:2 * hidden].unbind(0)
         d_rz, d_n, d_rn = d_gi[..., :2 * hidden].unbind(0), d_gi[..., 2 * hidden:].unbind(0), d_rec_n.unbind(0)
         r_t, z_t = reset_update[..., :hidden].unbind(0), reset_update[..., hidden:].unbind(0)
-        n_t, u_t, h_t, grad_t = candidate.unbind(0), update.unbind(0), states.unbind(0), grad_states.unbind(0)
-        rec_n, g_t = recurrent[..., 2 * hidden:].unbind(0), None if plain else gate.unbind(0)
+        n_t, h_t, grad_t = candidate.unbind(0), states.unbind(0), grad_states.unbind(0)
+        u_t, g_t = (None, None) if plain else (update.unbind(0), gate.unbind(0))
+        rec_n = recurrent[..., 2 * hidden:].unbind(0)
         d_g = d_gate.unbind(0) if d_gate is not None else None
         w_rz, w_n = w_hh[:2 * hidden], w_hh[2 * hidden:]
         zero = states.new_zeros(rows, hidden)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from recsys.transform import migrate_warehouse
+from recsys.warehouse import migrate_layout
 
 OLD_EXAMPLES = """
     CREATE TABLE marts.training_examples (ds DATE, example_id VARCHAR, event_id VARCHAR, user_id BIGINT,
@@ -33,8 +33,8 @@ def _old_warehouse(path: Path) -> list[tuple]:
 def test_old_examples_table_moves_to_example_rows_with_every_row(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
     old = _old_warehouse(path)
-    assert migrate_warehouse(path)
     con = duckdb.connect(str(path))
+    assert migrate_layout(con)
     columns = [r[0] for r in con.execute("DESCRIBE marts.training_example_rows").fetchall()]
     assert columns[:4] == ["ds", "event_id", "negative_number", "user_id"] and "example_id" not in columns
     moved = con.execute(f"SELECT {VIEW_ID} AS example_id, negative_number, item_id, negative_sampler "
@@ -42,8 +42,8 @@ def test_old_examples_table_moves_to_example_rows_with_every_row(tmp_path: Path)
     assert moved == [(r[1], n, r[4], r[7]) for r, n in zip(old, (0, 1, 2, 10), strict=True)]
     assert not con.execute("SELECT count(*) FROM information_schema.tables "
                            "WHERE table_name = 'training_examples'").fetchone()[0]
+    assert not migrate_layout(con)  # once only
     con.close()
-    assert not migrate_warehouse(path)  # once only
 
 
 def test_current_layout_is_left_alone(tmp_path: Path) -> None:
@@ -53,5 +53,5 @@ def test_current_layout_is_left_alone(tmp_path: Path) -> None:
     con.execute("CREATE TABLE marts.training_example_rows (ds DATE, event_id VARCHAR, negative_number INTEGER)")
     con.execute("CREATE VIEW marts.training_examples AS SELECT ds, event_id AS example_id "
                 "FROM marts.training_example_rows")
+    assert not migrate_layout(con)
     con.close()
-    assert not migrate_warehouse(path)

@@ -7,12 +7,13 @@
 -- the end of ds, never twice for one positive. Draws are seeded (negative_seed) and reproducible.
 --
 -- The point-in-time histories, DIEN negative histories and DSIN sessions are NOT here: they are stored
--- once per positive in marts.training_histories, keyed by (ds, event_id); every example carries the
+-- once per user in marts.training_sequences and read per positive through the view
+-- marts.training_histories, keyed by (ds, event_id); every example carries the
 -- event_id of its positive (a positive's own event_id for label 1), so the feature store gathers them
 -- by that key instead of reading the same lists negatives_per_positive + 1 times.
 --
 -- Built in user buckets (macros/user_buckets.sql, one per history_bucket_events events of ds, as
--- training_histories): a positive's negatives depend only on its own event and its user's touched items
+-- training_sequences): a positive's negatives depend only on its own event and its user's touched items
 -- (plus the item pools of ds), so the rows do not depend on the bucket count. The query, and how the
 -- negatives are picked per positive from lists of draws, is macros/training_examples_query.sql.
 
