@@ -36,6 +36,21 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class WarehouseConfig:
+    """How the DuckDB warehouse is shared with readers (`recsys/warehouse.py`)."""
+
+    # A writer that starts refreshes the read snapshot (a copy of the whole file, so its cost grows with the
+    # history kept) only when the warehouse changed since and the snapshot is older than this: a nightly
+    # run copies once, at its first stage, and readers see the state from before the run. 0 = at every
+    # writer that starts after a change. `$RECSYS_SNAPSHOT_MAX_AGE_MINUTES` overrides it.
+    snapshot_max_age_minutes: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.snapshot_max_age_minutes < 0:
+            raise ValueError(f"warehouse.snapshot_max_age_minutes must be >= 0, got {self.snapshot_max_age_minutes}")
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     max_reject_rate: float = 0.05
     # the business day: ds is the local date of `ts` (stored in UTC) in this IANA time zone
@@ -155,6 +170,7 @@ class Config:
     """The whole pipeline configuration; pass it (not globals) to every stage."""
 
     paths: Paths
+    warehouse: WarehouseConfig = field(default_factory=WarehouseConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
@@ -221,6 +237,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     config_file = Path(path or os.environ.get("RECSYS_CONFIG") or DEFAULT_CONFIG).resolve()
     raw = yaml.safe_load(config_file.read_text()) or {}
     sections = {
+        "warehouse": WarehouseConfig,
         "ingest": IngestConfig,
         "features": FeatureConfig,
         "validate": ValidateConfig,

@@ -94,7 +94,7 @@ def warehouse_stages(con: duckdb.DuckDBPyConnection, ds: str, rows: dict[str, in
                  [ds])
     out["ingest"] = (StageState("ingest", DONE, f"{files[0]} files, {files[1]} rows accepted, {files[2]} rejected")
                      if files and files[0] else StageState("ingest", NOT_RUN))
-    # a view of marts.training_example_rows (dbt), so not among `rows` (base tables)
+    # a view of marts.training_example_lists (dbt), so not among `rows` (base tables)
     found = _one(con, "SELECT count(*) FROM marts.training_examples WHERE ds = ?", [ds])
     examples = found[0] if found else 0
     candidates = {t.split(".")[1]: n for t, n in rows.items() if t.startswith("marts.scoring_candidate") and n}

@@ -24,7 +24,7 @@ from typing import Any
 
 from recsys.config import Config
 from recsys.ingest import validate_ds
-from recsys.warehouse import connect, migrate_layout
+from recsys.warehouse import bound_memory, connect, migrate_layout
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,7 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
     from dbt.cli.main import dbtRunner  # dbt loads only when this stage runs
 
     with closing(connect(cfg, read_only=False)) as con:
+        bound_memory(con, "RECSYS_DUCKDB_MEMORY_LIMIT", "3GB")  # dbt's own limit (profiles.yml)
         migrate_layout(con)  # before dbt: it would replace an older layout's tables, not move their rows
     started = time.monotonic()
     with _environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):

@@ -7,8 +7,9 @@ DuckDB also refuses a read-only open from another process while a writer holds t
 lock is held"), and a reader holding the file makes the next writer fail the same way. So the pipeline
 serializes itself with a file lock next to the warehouse (`writer_lock`: exclusive, reentrant in a
 process, released by the kernel when a process dies), and readers (`reader`) take the same lock shared
-without waiting: when no writer runs they read the live file, otherwise the read snapshot that every
-writer publishes (checkpoint + copy + atomic rename) when it takes and when it leaves the lock.
+without waiting: when no writer runs they read the live file, otherwise the read snapshot (checkpoint +
+copy + atomic rename) that a writer refreshes when it takes the lock and the copy is due
+(`warehouse.snapshot_max_age_minutes`).
 dbt owns `staging`, `intermediate` and `marts` models; Python owns `raw.*` (ingest), `features.*`
 (vocabularies) and the published tables `marts.recommendations` and `marts.ranking_metrics`.
 """
@@ -102,34 +103,62 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
 
 
-# A warehouse built before marts.training_examples became a view of marts.training_example_rows holds the
-# examples in a table of that name. dbt would replace it by the view and start the new table empty, so
-# training windows would silently lose every day not rebuilt; instead the rows move over once, with the
-# negative's number read back from its example_id ('<event_id>-n<k>').
-_EXAMPLE_ROWS_FROM_OLD_TABLE = """
-    CREATE TABLE marts.training_example_rows AS
-    SELECT ds, event_id,
-           CAST(CASE WHEN example_id = event_id THEN 0
-                     ELSE CAST(substr(example_id, length(event_id) + 3) AS INTEGER) END AS INTEGER) AS negative_number,
-           * EXCLUDE (ds, example_id, event_id)
-    FROM marts.training_examples"""
+# Earlier warehouse layouts of the training examples, each moved once to marts.training_example_lists
+# (one row per positive, negatives as lists), which dbt then reads the view training_examples from. dbt
+# alone would replace an old table by the view and start the new table empty, so training windows would
+# silently lose every day not rebuilt. Both old layouts hold one row per example:
+#   marts.training_examples (a table): the negative's number is read back from its example_id
+#       ('<event_id>-n<k>');
+#   marts.training_example_rows: keyed by (event_id, negative_number).
+_EXAMPLE_NUMBERS = {
+    "training_examples": """
+        SELECT * EXCLUDE (example_id),
+               CASE WHEN example_id = event_id THEN 0
+                    ELSE CAST(substr(example_id, length(event_id) + 3) AS INTEGER) END AS negative_number
+        FROM marts.training_examples""",
+    "training_example_rows": "SELECT * FROM marts.training_example_rows",
+}
+_EXAMPLE_LISTS_FROM = """
+    CREATE TABLE marts.training_example_lists AS
+    WITH examples AS ({rows}),
+    negatives AS (
+        SELECT ds, event_id,
+               list(item_id ORDER BY negative_number) AS negative_items,
+               list(category ORDER BY negative_number) AS negative_categories,
+               list(negative_sampler ORDER BY negative_number) AS negative_samplers
+        FROM examples WHERE negative_number > 0
+        GROUP BY ds, event_id
+    )
+    SELECT p.ds, p.event_id, p.user_id, p.item_id, p.category, p.event_at, p.age, p.gender, p.occupation,
+           p.city, p.hour, p.weekday, p.device,
+           CAST(coalesce(n.negative_items, []) AS BIGINT[]) AS negative_items,
+           CAST(coalesce(n.negative_categories, []) AS VARCHAR[]) AS negative_categories,
+           CAST(coalesce(n.negative_samplers, []) AS VARCHAR[]) AS negative_samplers
+    FROM examples AS p
+    LEFT JOIN negatives AS n ON n.ds = p.ds AND n.event_id = p.event_id
+    WHERE p.negative_number = 0"""
 
 
 def migrate_layout(con: duckdb.DuckDBPyConnection) -> bool:
     """Move the tables of an earlier warehouse layout to this one, in one transaction; True if it moved any.
 
-    One move so far: marts.training_examples (a table) -> marts.training_example_rows (dbt then makes
-    training_examples the view of it), so `transform.build` runs this before dbt.
+    So far the examples' layouts (above): an old examples table becomes marts.training_example_lists,
+    and dbt then makes training_examples the view of it, so `transform.build` runs this before dbt.
     """
-    kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = "
-                             "'marts' AND table_name IN ('training_examples', 'training_example_rows')").fetchall())
-    if kinds.get("training_examples") != "BASE TABLE" or "training_example_rows" in kinds:
+    kinds = dict(con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts' AND "
+        "table_name IN ('training_examples', 'training_example_rows', 'training_example_lists')").fetchall())
+    old = [name for name in _EXAMPLE_NUMBERS if kinds.get(name) == "BASE TABLE"]
+    if not old or "training_example_lists" in kinds:
         return False
+    if len(old) > 1:
+        raise RuntimeError(f"the warehouse holds two layouts of the training examples ({', '.join(old)}): "
+                           "keep the one dbt built last and drop the other by hand")
     con.execute("SET enable_progress_bar = false")  # a log, not a terminal
     with transaction(con):
-        con.execute(_EXAMPLE_ROWS_FROM_OLD_TABLE)
-        con.execute("DROP TABLE marts.training_examples")
-    log.info("moved marts.training_examples (a table) to marts.training_example_rows")
+        con.execute(_EXAMPLE_LISTS_FROM.format(rows=_EXAMPLE_NUMBERS[old[0]]))
+        con.execute(f"DROP TABLE marts.{old[0]}")
+    log.info("moved marts.%s (one row per example) to marts.training_example_lists", old[0])
     return True
 
 
@@ -224,7 +253,9 @@ def writer_lock(cfg: Config) -> Iterator[None]:
     Reentrant inside a process (`recsys run` holds it for the whole range, each stage again), and a
     thread of another process never enters while it is held. A process killed while holding it
     releases it with its file descriptors, so there is no stale lock to clean up after a crash.
-    Publishes the read snapshot when taken and when left (see `publish_snapshot`).
+    Taking it refreshes the read snapshot when that is due (`publish_snapshot`), so readers that come
+    while this writer runs read the state from before it. Leaving it publishes nothing: readers read the
+    live file again, and the next writer refreshes the snapshot if it is due by then.
     """
     key = str(lock_path(cfg))
     with _GUARD:
@@ -232,32 +263,42 @@ def writer_lock(cfg: Config) -> Iterator[None]:
     with thread_lock:
         if key not in _HELD:
             _HELD[key] = [_acquire_exclusive(Path(key)), 0]
-            publish_snapshot(cfg)  # readers get the latest state even if the last writer did not lock
+            publish_snapshot(cfg, max_age_s=snapshot_max_age_s(cfg))
         _HELD[key][1] += 1
         try:
             yield
         finally:
             _HELD[key][1] -= 1
-            try:
-                publish_snapshot(cfg)
-            finally:
-                if _HELD[key][1] == 0:
-                    os.close(_HELD.pop(key)[0])  # closing the descriptor releases the flock
+            if _HELD[key][1] == 0:
+                os.close(_HELD.pop(key)[0])  # closing the descriptor releases the flock
 
 
-def publish_snapshot(cfg: Config) -> Path | None:
-    """Copy the warehouse to the read snapshot (temp file + atomic rename) when it is newer.
+def snapshot_max_age_s(cfg: Config) -> float:
+    """How old the read snapshot may get before a starting writer refreshes it, in seconds:
+    `$RECSYS_SNAPSHOT_MAX_AGE_MINUTES`, else `warehouse.snapshot_max_age_minutes`."""
+    env = os.environ.get("RECSYS_SNAPSHOT_MAX_AGE_MINUTES")
+    minutes = float(env) if env else cfg.warehouse.snapshot_max_age_minutes
+    if minutes < 0:
+        raise ValueError(f"RECSYS_SNAPSHOT_MAX_AGE_MINUTES must be >= 0, got {env}")
+    return minutes * 60
 
-    Call with the writer lock held and no write in flight. CHECKPOINT first folds the write-ahead log
-    into the file, so the copy of the file alone is a consistent database. A reader that has the old
-    snapshot open keeps reading it (rename does not touch open files). Returns the snapshot path, or
-    None when there is nothing to copy or the warehouse is held by a process outside the lock.
+
+def publish_snapshot(cfg: Config, max_age_s: float = 0.0) -> Path | None:
+    """Copy the warehouse to the read snapshot (temp file + atomic rename) when it is due.
+
+    Due: there is no snapshot yet, or the warehouse changed after it was taken and it is at least
+    `max_age_s` old. The copy is of the whole file, so it costs what the history weighs (10.4 GB took
+    14-44 s after two days of 10M events), not what a day adds; with a max age a nightly run pays it once,
+    at its first stage, instead of at every stage. Call with the writer lock held and no write in flight.
+    CHECKPOINT first folds the write-ahead log into the file, so the copy of the file alone is a
+    consistent database. A reader that has the old snapshot open keeps reading it (rename does not touch
+    open files). Returns the snapshot path, or None when there is nothing to copy or the warehouse is
+    held by a process outside the lock.
     """
     src, dst = Path(cfg.paths.warehouse), snapshot_path(cfg)
     if not src.exists():
         return None
-    wal = src.with_name(src.name + ".wal")
-    if dst.exists() and not wal.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+    if dst.exists() and not _snapshot_due(src, dst, max_age_s):
         return dst
     try:
         con = duckdb.connect(str(src))
@@ -277,6 +318,15 @@ def publish_snapshot(cfg: Config) -> Path | None:
     log.info("read snapshot published: %.1f MB in %.1f s (%s)", dst.stat().st_size / 1e6,
              time.perf_counter() - started, dst)
     return dst
+
+
+def _snapshot_due(src: Path, dst: Path, max_age_s: float) -> bool:
+    """True when the warehouse changed after the snapshot was taken (a write-ahead log, or a newer
+    file) and the snapshot is at least max_age_s old."""
+    wal = src.with_name(src.name + ".wal")
+    taken_ns = dst.stat().st_mtime_ns
+    changed = wal.exists() or src.stat().st_mtime_ns > taken_ns
+    return changed and time.time_ns() - taken_ns >= max_age_s * 1e9
 
 
 @contextmanager

@@ -308,10 +308,11 @@ cold_start as (
         0 as n_category_popular,
         true as is_cold_start
 
-    from {{ ref('stg_users') }} as users
+    from {{ ref('int_user_profiles') }} as users
     anti join (select distinct user_id from events) as known on users.user_id = known.user_id
     cross join global_pool
-    where users.snapshot_ds > {{ ds() }} - {{ int_var('candidate_window_days') }}
+    where users.ds = {{ ds() }}
+        and users.snapshot_ds > {{ ds() }} - {{ int_var('candidate_window_days') }}
         {{- bucket_filter('users.user_id', bucket, buckets) }}
 
 ),

@@ -1,5 +1,5 @@
 {#-
-    The query of marts.training_example_rows for one bucket of users (macros/user_buckets.sql); the model
+    The query of marts.training_example_lists for one bucket of users (macros/user_buckets.sql); the model
     documents what the rows are. Everything is per positive (hence per user) except the item pools.
 
     Negatives are picked per positive from a LIST of its draws (draw number k = list position), so no
@@ -28,9 +28,12 @@ events as (
 
 ),
 
+-- profiles as of ds (intermediate.int_user_profiles: stg_users stored per ds), the bucket's users only
 profiles as (
 
-    select * from {{ ref('stg_users') }}
+    select user_id, age, gender, occupation, city
+    from {{ ref('int_user_profiles') }}
+    where ds = {{ ds() }}{{ bucket_filter('user_id', bucket, buckets) }}
 
 ),
 
@@ -232,8 +235,8 @@ popularity_negatives as (
 ),
 {% endif %}
 
--- positives and negatives share the positive's context (and, through event_id, its history); the
--- negatives in order: uniform by draw number, then popularity by draw number
+-- one row per positive; its negatives share its context (and, through event_id, its history), in
+-- order: uniform by draw number, then popularity by draw number
 contexts as (
 
     select
@@ -261,45 +264,14 @@ contexts as (
 
 ),
 
-examples as (
-
-    select
-        *,
-        0 as negative_number,
-        item_id as example_item_id,
-        category as example_category,
-        1 as label,
-        cast(null as varchar) as sampler
-
-    from contexts
-
-    union all
-
-    select
-        *,
-        -- with the positive's event_id, the key of the example (marts.training_examples derives
-        -- example_id from the two: storing that unique string took a quarter of the warehouse at 10M)
-        generate_subscripts(negative_items, 1) as negative_number,
-        unnest(negative_items) as example_item_id,
-        unnest(negative_categories) as example_category,
-        0 as label,
-        unnest(negative_samplers) as sampler
-
-    from contexts
-
-),
-
 final as (
 
     select
         {{ ds() }} as ds,
         event_id,
-        cast(negative_number as integer) as negative_number,
         user_id,
-        example_item_id as item_id,
-        example_category as category,
-        cast(label as integer) as label,
-        sampler as negative_sampler,
+        item_id,
+        category,
         event_at,
         age,
         gender,
@@ -307,9 +279,12 @@ final as (
         city,
         cast(hour(event_at) as integer) as hour,
         cast(isodow(event_at) as integer) as weekday,
-        device
+        device,
+        cast(negative_items as bigint[]) as negative_items,
+        cast(negative_categories as varchar[]) as negative_categories,
+        cast(negative_samplers as varchar[]) as negative_samplers
 
-    from examples
+    from contexts
 
 )
 

@@ -21,7 +21,8 @@
 --               before it are events n - min(n, max_len) + 1 .. n, so the slice is exactly those events;
 --   sessions    the window holds the min(max_sessions, last earlier session) most recent sessions, and
 --               of each the positive takes, the events from its cut start to its cut end;
---   examples    every example of training_examples points (event_id) at its positive's history row,
+--   examples    every positive of training_example_lists (the examples of the view training_examples
+--               carry its event_id) points at its history row,
 --               with the same user and event_at, and every history row has its positive example.
 
 {% set max_len = int_var('history_max_len') %}
@@ -298,27 +299,27 @@ session_failures as (
 
 ),
 
--- examples share their positive's lists by reference: the history row must exist, be the same event,
--- and have its positive example (label 1, example_id = event_id)
+-- examples share their positive's lists by reference: each stored positive (training_example_lists, whose
+-- row the view training_examples turns into the positive and its negatives, all with its event_id, user
+-- and time) has its history row, of the same user and event time, and every history row its positive
 example_failures as (
 
-    select examples.example_id
-    from {{ ref('training_examples') }} as examples
-    left join histories on histories.event_id = examples.event_id
-    where examples.ds = {{ ds() }}
+    select positives.event_id as example_id
+    from {{ ref('training_example_lists') }} as positives
+    left join histories on histories.event_id = positives.event_id
+    where positives.ds = {{ ds() }}
         and (histories.event_id is null
-             or histories.user_id is distinct from examples.user_id
-             or histories.event_at is distinct from examples.event_at
-             or (examples.label = 1 and examples.example_id != examples.event_id))
+             or histories.user_id is distinct from positives.user_id
+             or histories.event_at is distinct from positives.event_at)
 
     union all
 
     select histories.example_id
     from histories
     anti join (
-        select event_id from {{ ref('training_examples') }}
-        where ds = {{ ds() }} and label = 1 and example_id = event_id
-    ) as positive_examples on positive_examples.event_id = histories.event_id
+        select event_id from {{ ref('training_example_lists') }}
+        where ds = {{ ds() }}
+    ) as positives on positives.event_id = histories.event_id
 
 ),
 

@@ -24,7 +24,7 @@ from recsys.transform import build
 DAYS = ("2024-01-01", "2024-01-02")
 BUCKETS = 5  # forced per model (about: sizes are rounded up from the day's counts)
 TABLES = ["marts.training_sequences", "marts.training_histories", "marts.user_histories",
-          "marts.scoring_candidate_lists", "marts.training_example_rows", "intermediate.int_item_covisitation",
+          "marts.scoring_candidate_lists", "marts.training_example_lists", "intermediate.int_item_covisitation",
           "intermediate.int_item_popularity"]
 OVERRIDES = {"features.candidates_per_user": 12, "features.history_max_len": 8, "features.dsin_max_sessions": 3,
              "features.dsin_session_len": 4, "features.negatives_per_positive": 2}

@@ -407,9 +407,9 @@ def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Pat
 
 
 @pytest.mark.parametrize("tamper", [
-    "UPDATE marts.training_example_rows SET event_id = event_id || 'x' WHERE ds = ? AND label = 0",
-    "DELETE FROM marts.training_example_rows WHERE ds = ? AND label = 1",
-], ids=["negative-without-its-history", "history-without-its-positive"])
+    "UPDATE marts.training_example_lists SET event_id = event_id || 'x' WHERE ds = ? AND hash(event_id) % 3 = 0",
+    "DELETE FROM marts.training_example_lists WHERE ds = ? AND hash(event_id) % 3 = 0",
+], ids=["examples-without-their-history", "history-without-its-positive"])
 def test_leakage_test_catches_examples_unlinked_from_histories(built: Built, tmp_path: Path, tamper: str) -> None:
     cfg = relocated(built.cfg, tmp_path)
     shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)

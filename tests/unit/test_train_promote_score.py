@@ -140,22 +140,44 @@ def _create(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
 
 
 def shuffle_training_labels(cfg: Config, seed: int = 1, before: str = DAYS[-1]) -> int:
-    """Permute the labels of every day before `before` (default: all but the last day): a model trained on
-    them learns nothing real. Returns how many labels changed."""
+    """Break the labels of every day before `before` (default: all but the last day): a model trained on
+    them learns nothing real. Returns how many labels changed.
+
+    A dbt-built warehouse stores a positive and its negatives as one row of training_example_lists
+    (training_examples is its view), so there each positive's labelled item becomes a uniform pick among
+    its own item and its negatives; a hand-made training_examples table gets its labels permuted."""
     con = connect(cfg, read_only=False)
     try:
-        # a dbt-built warehouse stores the examples in training_example_rows (training_examples is its view)
-        name, order = (("training_example_rows", "ds, event_id, negative_number")
-                       if table_exists(con, "marts.training_example_rows") else ("training_examples", "example_id"))
-        table = con.sql(f"SELECT * FROM marts.{name} ORDER BY {order}").to_arrow_table()
+        if table_exists(con, "marts.training_example_lists"):
+            return _swap_positive_items(con, seed, before)
+        table = con.sql("SELECT * FROM marts.training_examples ORDER BY example_id").to_arrow_table()
         labels = table.column("label").to_numpy().copy()
         train_rows = np.flatnonzero(table.column("ds").to_numpy() < np.datetime64(before))
         original = labels[train_rows].copy()
         labels[train_rows] = np.random.default_rng(seed).permutation(original)
-        _create(con, name, table.set_column(table.column_names.index("label"), "label", pa.array(labels, pa.int32())))
+        _create(con, "training_examples",
+                table.set_column(table.column_names.index("label"), "label", pa.array(labels, pa.int32())))
         return int((labels[train_rows] != original).sum())
     finally:
         con.close()
+
+
+def _swap_positive_items(con: duckdb.DuckDBPyConnection, seed: int, before: str) -> int:
+    """Per stored positive before `before`, pick j uniformly in 0..k (k negatives) and swap the positive's
+    item and category with negative j's (j = 0 keeps them): every item of a positive's group is then the
+    labelled one with the same chance. Returns the labels changed (2 per swap)."""
+    pick = f"CAST(hash(event_id, {int(seed)}) % (len(negative_items) + 1) AS BIGINT)"
+    positions = "generate_series(1, len(negative_items))"
+    swapped = con.execute(f"""
+        UPDATE marts.training_example_lists SET
+            item_id = negative_items[{pick}],
+            category = negative_categories[{pick}],
+            negative_items = list_transform({positions},
+                lambda i: CASE WHEN i = {pick} THEN item_id ELSE negative_items[i] END),
+            negative_categories = list_transform({positions},
+                lambda i: CASE WHEN i = {pick} THEN category ELSE negative_categories[i] END)
+        WHERE ds < ? AND {pick} > 0""", [before]).fetchone()[0]
+    return 2 * int(swapped)
 
 
 @dataclass

@@ -25,7 +25,8 @@ window_events as (
 
 profiles as (
 
-    select * from {{ ref('stg_users') }}
+    select * exclude (ds) from {{ ref('int_user_profiles') }}
+    where ds = {{ ds() }}
 
 ),
 
