@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, is_dataclass
 from datetime import date, timedelta
@@ -59,9 +60,13 @@ def run_stage(name: str, ds: str, cfg: Config | None = None, **kwargs: Any) -> d
     cfg = cfg or load_config()
     ds = validate_ds(ds)
     fn = _stage_function(name)
+    started = time.monotonic()
     with writer_lock(cfg):  # one writing process at a time (two `recsys run`, Airflow + shell, ...)
         log.info("stage %s ds=%s", name, ds)
-        return summarize(fn(cfg, ds, **kwargs))
+        summary = summarize(fn(cfg, ds, **kwargs))
+    # from the lock request on: waiting for another writer and refreshing the read snapshot count too
+    log.info("finished %s ds=%s in %.1f s", name, ds, time.monotonic() - started)
+    return summary
 
 
 def dates(start: str, end: str) -> Iterator[str]:
