@@ -72,15 +72,18 @@ def _synth_phase(home: str, events: int, seed: int) -> dict[str, Any]:
             "synth_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_rss_mb())}
 
 
-def _day_phase(home: str, ds: str) -> dict[str, Any]:
+def _day_phase(home: str, ds: str, next_night: bool = False) -> dict[str, Any]:
     """Child process: ingest, transform and validate one ds, each stage timed (its log on stderr says
-    where a stage's time went: the snapshot copy, dbt, closing the warehouse)."""
+    where a stage's time went: the snapshot copy, dbt, closing the warehouse). `next_night`: run it as a
+    nightly run finds the warehouse, a day after the last one (`_as_if_a_day_passed`)."""
     os.environ["RECSYS_HOME"] = home
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from recsys.config import load_config
     from recsys.pipeline import run_stage
 
     cfg = load_config()
+    if next_night:
+        _as_if_a_day_passed(cfg)
     timings = {}
     for stage in STAGES:
         t = time.perf_counter()
@@ -88,6 +91,18 @@ def _day_phase(home: str, ds: str) -> dict[str, Any]:
         timings[stage] = round(time.perf_counter() - t, 2)
     return {"stage_s": timings, "dbt_node_s": _dbt_timings(Path(cfg.paths.dbt_target)),
             "peak_rss_mb": round(_peak_rss_mb())}
+
+
+def _as_if_a_day_passed(cfg: Any) -> None:
+    """Date the read snapshot (and the warehouse's last write) a day back: the timed day's first writer then
+    pays the one snapshot copy a nightly run pays (`warehouse.snapshot_max_age_minutes`), not none because
+    the untimed day just ran."""
+    from recsys.warehouse import snapshot_path
+
+    day_ago = time.time() - 86_400
+    for path, stamp in ((snapshot_path(cfg), day_ago - 60), (Path(cfg.paths.warehouse), day_ago)):
+        if path.exists():
+            os.utime(path, (stamp, stamp))
 
 
 def _in_child(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -109,27 +124,13 @@ def _landed_phase(home: str, events: int) -> dict[str, Any]:
             "events_day": sum(pq.ParquetFile(f).metadata.num_rows for f in files)}
 
 
-def _as_if_a_day_passed(home: Path) -> None:
-    """Date the read snapshot (and the warehouse's last write) a day back, as a nightly run finds them:
-    the timed day's first writer then pays the one snapshot copy a nightly run pays
-    (`warehouse.snapshot_max_age_minutes`), not none because the untimed day just ran."""
-    warehouse = home / "warehouse" / "recsys.duckdb"
-    snapshot = warehouse.parent / "snapshot" / warehouse.name
-    day_ago = time.time() - 86_400
-    if snapshot.exists():
-        os.utime(snapshot, (day_ago - 60, day_ago - 60))
-    if warehouse.exists():
-        os.utime(warehouse, (day_ago, day_ago))
-
-
 def run(events: int, seed: int, home: Path, resume: bool = False) -> dict:
     if resume:  # the synthesized days and the first day's tables are already in home
         synth, first = _landed_phase(str(home), events), {"peak_rss_mb": None}
     else:
         synth = _in_child(_synth_phase, str(home), events, seed)
         first = _in_child(_day_phase, str(home), DAYS[0])
-    _as_if_a_day_passed(home)
-    day = _in_child(_day_phase, str(home), DAYS[1])
+    day = _in_child(_day_phase, str(home), DAYS[1], True)
     total = sum(day["stage_s"].values())
     return {
         "bench": "pipeline_day", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -42,7 +42,7 @@ class WarehouseConfig:
     # A writer that starts refreshes the read snapshot (a copy of the whole file, so its cost grows with the
     # history kept) only when the warehouse changed since and the snapshot is older than this: a nightly
     # run copies once, at its first stage, and readers see the state from before the run. 0 = at every
-    # writer that starts after a change. `$RECSYS_SNAPSHOT_MAX_AGE_MINUTES` overrides it.
+    # writer that starts after a change.
     snapshot_max_age_minutes: float = 60.0
 
     def __post_init__(self) -> None:

@@ -202,9 +202,10 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
         finally:
             dbt_done = time.monotonic()
             _release_warehouse()
-    elapsed = time.monotonic() - started
+    done = time.monotonic()
+    elapsed = done - started
     # closing checkpoints what dbt's last writes left in the write-ahead log: part of the stage's cost
-    log.info("dbt ran %.1f s; closing the warehouse took %.1f s", dbt_done - started, elapsed - (dbt_done - started))
+    log.info("dbt ran %.1f s; closing the warehouse took %.1f s", dbt_done - started, done - dbt_done)
     if outcome.exception is not None:
         raise TransformError(f"dbt build for ds={ds} did not run: {outcome.exception}") from outcome.exception
     results = list(getattr(outcome.result, "results", None) or [])

@@ -263,7 +263,7 @@ def writer_lock(cfg: Config) -> Iterator[None]:
     with thread_lock:
         if key not in _HELD:
             _HELD[key] = [_acquire_exclusive(Path(key)), 0]
-            publish_snapshot(cfg, max_age_s=snapshot_max_age_s(cfg))
+            publish_snapshot(cfg, max_age_s=cfg.warehouse.snapshot_max_age_minutes * 60)
         _HELD[key][1] += 1
         try:
             yield
@@ -271,16 +271,6 @@ def writer_lock(cfg: Config) -> Iterator[None]:
             _HELD[key][1] -= 1
             if _HELD[key][1] == 0:
                 os.close(_HELD.pop(key)[0])  # closing the descriptor releases the flock
-
-
-def snapshot_max_age_s(cfg: Config) -> float:
-    """How old the read snapshot may get before a starting writer refreshes it, in seconds:
-    `$RECSYS_SNAPSHOT_MAX_AGE_MINUTES`, else `warehouse.snapshot_max_age_minutes`."""
-    env = os.environ.get("RECSYS_SNAPSHOT_MAX_AGE_MINUTES")
-    minutes = float(env) if env else cfg.warehouse.snapshot_max_age_minutes
-    if minutes < 0:
-        raise ValueError(f"RECSYS_SNAPSHOT_MAX_AGE_MINUTES must be >= 0, got {env}")
-    return minutes * 60
 
 
 def publish_snapshot(cfg: Config, max_age_s: float = 0.0) -> Path | None:

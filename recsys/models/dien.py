@@ -21,12 +21,12 @@ from torch import Tensor, nn
 
 from recsys.models.base import ModelOutput, RankingModel, sum_pool
 from recsys.models.features import FeatureMap
-from recsys.models.layers import MLP, ActivationUnit, InterestEvolution, auxiliary_loss, gru_sequence
+from recsys.models.layers import MLP, ActivationUnit, InterestEvolution, auxiliary_loss, gru_sequence, last_valid_step
 
 
 def valid_steps(mask: Tensor) -> int:
     """1 + the last valid position of any row of mask [B, T] (at least 1, so a GRU always has input)."""
-    return int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
+    return max(last_valid_step(mask), 1)
 
 
 class DIEN(RankingModel):

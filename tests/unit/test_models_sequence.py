@@ -104,9 +104,9 @@ def test_gru_sequence_is_the_modules_own_gru_with_its_gradients() -> None:
     ours, reference = gru_sequence(x, gru), gru(x)[0]
     assert ours.shape == (3, 6, 4)
     assert torch.allclose(ours, reference)
-    weights = (torch.randn(3, 6, 4, dtype=torch.double),)
-    grads = torch.autograd.grad((ours * weights[0]).sum(), (x, *gru.parameters()))
-    expected = torch.autograd.grad((reference * weights[0]).sum(), (x, *gru.parameters()))
+    weights = torch.randn(3, 6, 4, dtype=torch.double)
+    grads = torch.autograd.grad((ours * weights).sum(), (x, *gru.parameters()))
+    expected = torch.autograd.grad((reference * weights).sum(), (x, *gru.parameters()))
     assert all(torch.allclose(a, b) for a, b in zip(grads, expected, strict=True))
 
 

@@ -11,13 +11,12 @@ import duckdb
 import pytest
 
 from recsys.config import Config, load_config
-from recsys.warehouse import connect, reader, snapshot_max_age_s, snapshot_path, writer_lock
+from recsys.warehouse import connect, reader, snapshot_path, writer_lock
 
 
 @pytest.fixture()
 def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
-    monkeypatch.delenv("RECSYS_SNAPSHOT_MAX_AGE_MINUTES", raising=False)
     cfg = load_config(overrides={"warehouse.snapshot_max_age_minutes": 60})
     write(cfg, 1)
     return cfg
@@ -78,10 +77,8 @@ def test_the_next_writer_refreshes_it_only_when_it_is_due(cfg: Config) -> None:
         assert snapshot_path(cfg).stat().st_mtime_ns == mtime
 
 
-def test_max_age_zero_refreshes_at_every_writer_after_a_change(cfg: Config,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECSYS_SNAPSHOT_MAX_AGE_MINUTES", "0")
-    assert snapshot_max_age_s(cfg) == 0
+def test_max_age_zero_refreshes_at_every_writer_after_a_change(cfg: Config) -> None:
+    cfg = cfg.with_overrides({"warehouse.snapshot_max_age_minutes": 0})
     for value in (2, 3):
         with writer_lock(cfg):
             write(cfg, value)
@@ -89,9 +86,6 @@ def test_max_age_zero_refreshes_at_every_writer_after_a_change(cfg: Config,
             assert in_snapshot(cfg) == value
 
 
-def test_a_negative_max_age_is_refused(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_negative_max_age_is_refused(cfg: Config) -> None:
     with pytest.raises(ValueError, match="snapshot_max_age_minutes"):
         load_config(overrides={"warehouse.snapshot_max_age_minutes": -1})
-    monkeypatch.setenv("RECSYS_SNAPSHOT_MAX_AGE_MINUTES", "-5")
-    with pytest.raises(ValueError, match="RECSYS_SNAPSHOT_MAX_AGE_MINUTES"):
-        snapshot_max_age_s(cfg)
