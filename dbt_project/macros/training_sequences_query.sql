@@ -134,7 +134,9 @@ aux_negatives as (
 ),
 
 -- each user's window as parallel lists (oldest first); histories and sessions are slices of them.
--- One ordered aggregate of structs, split afterwards: each ordered list() would sort on its own
+-- One list of structs, split afterwards, ordered by list_sort on its first field (window_position,
+-- unique per user): DuckDB's ordered aggregate (list(... order by ...)) buffers and sorts every group on
+-- its own, the slowest operator of this query at 10M events/day (bench/README.md, session 9)
 user_sequences as materialized (
 
     select
@@ -151,7 +153,8 @@ user_sequences as materialized (
     from (
         select
             window_events.user_id,
-            list({
+            list_sort(list({
+                'window_position': window_events.window_position,
                 'item_id': window_events.item_id,
                 'category': window_events.category,
                 'behavior': window_events.behavior,
@@ -160,7 +163,7 @@ user_sequences as materialized (
                 'neg_item_id': aux_negatives.item_id,
                 'neg_category': aux_negatives.category,
                 'event_number': window_events.event_number
-            } order by window_events.window_position) as window_rows
+            })) as window_rows
 
         from window_events
         left join aux_negatives on window_events.event_id = aux_negatives.event_id
@@ -174,15 +177,23 @@ user_sessions as (
 
     select
         user_id,
-        list(first_position order by session_rank) as session_starts,
-        list(last_position order by session_rank) as session_ends
+        list_transform(bounds, lambda b: b.first_position) as session_starts,
+        list_transform(bounds, lambda b: b.last_position) as session_ends
 
     from (
-        select user_id, session_rank, min(window_position) as first_position, max(window_position) as last_position
-        from window_events
-        group by user_id, session_rank
+        select
+            user_id,
+            list_sort(list({
+                'session_rank': session_rank, 'first_position': first_position, 'last_position': last_position
+            })) as bounds
+
+        from (
+            select user_id, session_rank, min(window_position) as first_position, max(window_position) as last_position
+            from window_events
+            group by user_id, session_rank
+        )
+        group by user_id
     )
-    group by user_id
 
 ),
 
@@ -199,7 +210,7 @@ positives as (
 ),
 
 -- the positives of each user in time order (window position), as lists parallel to each other; one
--- ordered aggregate of structs, split afterwards (three ordered list()s sorted three times)
+-- list of structs sorted on its first field, split afterwards (as user_sequences)
 user_positives as (
 
     select
@@ -211,9 +222,10 @@ user_positives as (
     from (
         select
             user_id,
-            list({
-                'event_id': event_id, 'event_at': event_at, 'events_before': events_before
-            } order by window_position) as positive_rows
+            list_sort(list({
+                'window_position': window_position, 'event_id': event_id, 'event_at': event_at,
+                'events_before': events_before
+            })) as positive_rows
 
         from positives
         group by user_id

@@ -10,15 +10,20 @@
 -- O(window) instead of O(positives x history length): at 10M events/day the element-by-element check of
 -- every positive's lists joined ~160M history elements and read the view several times (~100 s).
 --
--- Reconstructed independently of the models, from the user's whole timeline: one probe per (user,
--- event_at) of ds's positives is placed on it, sorting before events of the same instant, so the running
--- count of events at a probe (n) is the number of events strictly before it. Then:
+-- Reconstructed independently of the models from the user's timeline, looked up by position:
+-- int_events_sessionized.event_number is the event's position in the user's whole timeline (1, 2, ... in
+-- (event_at, item_id, behavior) order; assert_events_numbered_in_time_order checks that for every ds).
+-- So the events strictly before a positive are n = (the first event number at its instant) - 1, and the
+-- events a window names are found by number; only the window's sessions are read from the timeline,
+-- never the users' whole histories (which grow every day: renumbering them here ran out of the 3GB
+-- limit at 10M events/day). Then:
 --   window      every window element is the timeline event its event_number names (item, behaviour,
 --               category, session), event numbers strictly increase along the window, session ranks
 --               number the window's sessions 1, 2, ... and session_starts / session_ends bound them,
---               the lists are aligned, no DIEN negative was touched;
---   history     a positive's last earlier window element is event n and the min(n, max_len) elements
---               before it are events n - min(n, max_len) + 1 .. n, so the slice is exactly those events;
+--               the lists are aligned, no DIEN negative was touched (any event up to ds);
+--   history     a positive's last earlier window element is event n, which is at an earlier instant
+--               than the positive, and the min(n, max_len) elements before it are events
+--               n - min(n, max_len) + 1 .. n, so the slice is exactly those events;
 --   sessions    the window holds the min(max_sessions, last earlier session) most recent sessions, and
 --               of each the positive takes, the events from its cut start to its cut end;
 --   examples    every positive of training_example_lists (the examples of the view training_examples
@@ -60,81 +65,6 @@ histories as (
 
 ),
 
-events as (
-
-    select * from {{ ref('int_events_sessionized') }}
-    where ds <= {{ ds() }}
-        and user_id in (select user_id from sequences)
-
-),
-
-timeline as (
-
-    select user_id, event_at, 1 as is_event, item_id, behavior, category, session_number
-    from events
-
-    union all
-
-    select distinct user_id, event_at, 0 as is_event, null, null, null, null
-    from positives
-
-),
-
-positioned as (
-
-    select
-        *,
-        cast(sum(is_event) over (
-            partition by user_id order by event_at, is_event, item_id, behavior
-            rows between unbounded preceding and current row
-        ) as bigint) as events_so_far
-
-    from timeline
-
-),
-
-event_positions as materialized (
-
-    select user_id, events_so_far as position, item_id, behavior, category, session_number
-    from positioned
-    where is_event = 1
-
-),
-
-session_bounds as materialized (
-
-    select user_id, session_number, min(position) as first_position, max(position) as last_position
-    from event_positions
-    group by user_id, session_number
-
-),
-
--- per probe: events strictly before (n) and the session of the last of them (0 when none)
-probes as materialized (
-
-    select
-        positioned.user_id,
-        positioned.event_at,
-        positioned.events_so_far as n,
-        coalesce(last_event.session_number, 0) as last_session
-
-    from positioned
-    left join event_positions as last_event
-        on last_event.user_id = positioned.user_id
-        and last_event.position = positioned.events_so_far
-    where positioned.is_event = 0
-
-),
-
--- everything each active user touched up to ds, as one list: never a DIEN negative
-touched as (
-
-    select user_id, list(distinct item_id) as items
-    from events
-    group by user_id
-
-),
-
 window_elements as (
 
     select
@@ -148,6 +78,82 @@ window_elements as (
         unnest(event_numbers) as position
 
     from sequences
+
+),
+
+-- per user, the oldest session the window reaches (every window element lies in it or a later one)
+reach as (
+
+    select user_id, min(session_number) as first_session
+    from window_elements
+    group by user_id
+
+),
+
+-- the timeline's events of those sessions, by position; every event a positive's history or sessions can
+-- name is one of them, and the last event before each positive too (it is in the window or the window
+-- is wrong, which the history check reports)
+event_positions as (
+
+    select
+        events.user_id,
+        events.event_number as position,
+        events.event_at,
+        events.item_id,
+        events.behavior,
+        events.category,
+        events.session_number
+
+    from {{ ref('int_events_sessionized') }} as events
+    inner join reach
+        on reach.user_id = events.user_id
+        and events.session_number >= reach.first_session
+    where events.ds <= {{ ds() }}
+
+),
+
+session_bounds as (
+
+    select user_id, session_number, min(position) as first_position, max(position) as last_position
+    from event_positions
+    group by user_id, session_number
+
+),
+
+-- per instant of ds with a positive: events strictly before it (n: the positions before the first event at
+-- that instant), the session of the last of them (0 when none) and its time
+probes as (
+
+    select
+        instants.user_id,
+        instants.event_at,
+        instants.n,
+        coalesce(last_event.session_number, 0) as last_session,
+        last_event.event_at as last_event_at,
+        instants.n > 0 and last_event.position is null as last_event_missing
+
+    from (
+        select user_id, event_at, min(event_number) - 1 as n
+        from {{ ref('int_events_sessionized') }}
+        where ds = {{ ds() }}
+        group by user_id, event_at
+    ) as instants
+    left join event_positions as last_event
+        on last_event.user_id = instants.user_id
+        and last_event.position = instants.n
+
+),
+
+-- DIEN negatives the user touched (any event up to ds): each user's negatives against every event of its
+-- timeline, a hash lookup per event instead of a list of touched items per user
+touched_negatives as (
+
+    select distinct events.user_id
+    from {{ ref('int_events_sessionized') }} as events
+    semi join (
+        select user_id, unnest(neg_item_ids) as item_id from sequences
+    ) as negatives on negatives.user_id = events.user_id and negatives.item_id = events.item_id
+    where events.ds <= {{ ds() }}
 
 ),
 
@@ -169,11 +175,13 @@ window_failures as (
                 or list_unique(event_numbers) != len(event_numbers)
                 or session_ranks != list_transform(session_numbers, lambda x: x - list_min(session_numbers) + 1)
                 then 'window'
-            when list_has_any(neg_item_ids, touched.items) then 'touched_negative'
         end as check_name
 
     from sequences
-    left join touched on touched.user_id = sequences.user_id
+
+    union all
+
+    select user_id, 'touched_negative' from touched_negatives
 
     union all
 
@@ -222,23 +230,38 @@ session_bound_failures as (
 
 ),
 
--- per positive: n, its last earlier session, the window positions the view slices
-checked as (
+-- per positive: n, its last earlier session and that event's time. Materialized narrow (scalars only)
+-- before the window's lists join in: joined first, every positive's row carried its user's lists into the
+-- hash table (10M events/day: a 31 s join spilling gigabytes)
+positive_probes as materialized (
 
     select
         positives.event_id,
         positives.user_id,
+        positives.event_at,
         positives.events_before,
         probes.n,
         probes.last_session,
-        least(probes.n, {{ max_len }}) as h,
-        sequences.event_numbers[positives.events_before] as last_before,
-        sequences.event_numbers[positives.events_before - h + 1] as first_taken,
-        coalesce(sequences.session_ranks[positives.events_before], 0) as last_rank
+        probes.last_event_at,
+        probes.last_event_missing
 
     from positives
-    inner join sequences on sequences.user_id = positives.user_id
     left join probes on probes.user_id = positives.user_id and probes.event_at = positives.event_at
+
+),
+
+-- per positive: the window positions the view slices
+checked as (
+
+    select
+        positive_probes.*,
+        least(positive_probes.n, {{ max_len }}) as h,
+        sequences.event_numbers[positive_probes.events_before] as last_before,
+        sequences.event_numbers[positive_probes.events_before - h + 1] as first_taken,
+        coalesce(sequences.session_ranks[positive_probes.events_before], 0) as last_rank
+
+    from positive_probes
+    inner join sequences on sequences.user_id = positive_probes.user_id
 
 ),
 
@@ -246,6 +269,8 @@ history_failures as (
 
     select event_id, 'history' as check_name from checked
     where n is null
+        or last_event_missing
+        or last_event_at >= event_at
         or events_before < h
         or (n = 0 and events_before != 0)
         or (h > 0 and (last_before is distinct from n or first_taken is distinct from n - h + 1))

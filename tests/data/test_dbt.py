@@ -407,6 +407,32 @@ def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Pat
 
 
 @pytest.mark.parametrize("tamper", [
+    # a user's event of ds swaps numbers with its first event (an earlier day's): out of time order
+    """UPDATE intermediate.int_events_sessionized AS e SET event_number = s.swapped
+       FROM (SELECT first.event_id, day.event_number AS swapped, day.event_id AS day_id
+             FROM intermediate.int_events_sessionized AS first
+             JOIN intermediate.int_events_sessionized AS day USING (user_id)
+             WHERE first.event_number = 1 AND day.ds = $1 AND day.event_number > 1
+             QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY day.event_number) = 1) AS pairs,
+            LATERAL (SELECT pairs.event_id, pairs.swapped UNION ALL SELECT pairs.day_id, 1) AS s(event_id, swapped)
+       WHERE e.event_id = s.event_id""",
+    # numbers of ds that skip one after the user's earlier events
+    "UPDATE intermediate.int_events_sessionized SET event_number = event_number + 1 WHERE ds = ?",
+], ids=["swapped", "gap"])
+def test_numbering_test_catches_events_out_of_time_order(built: Built, tmp_path: Path, tamper: str) -> None:
+    """The leakage test looks events up by event_number; assert_events_numbered_in_time_order guards that."""
+    cfg = relocated(built.cfg, tmp_path)
+    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
+    build(cfg, D3, select="assert_events_numbered_in_time_order")  # the pipeline's numbering passes
+    con = connect(cfg, read_only=False)
+    changed = con.execute(tamper, [D3]).fetchone()[0]
+    con.close()
+    assert changed > 0
+    with pytest.raises(TransformError, match="assert_events_numbered_in_time_order"):
+        build(cfg, D3, select="assert_events_numbered_in_time_order")
+
+
+@pytest.mark.parametrize("tamper", [
     "UPDATE marts.training_example_lists SET event_id = event_id || 'x' WHERE ds = ? AND hash(event_id) % 3 = 0",
     "DELETE FROM marts.training_example_lists WHERE ds = ? AND hash(event_id) % 3 = 0",
 ], ids=["examples-without-their-history", "history-without-its-positive"])
