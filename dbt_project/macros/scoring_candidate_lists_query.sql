@@ -132,8 +132,9 @@ covisitation as (
 
     select
         user_id,
-        -- list_sort on the struct's first fields, not list(... order by ...): DuckDB's ordered aggregate
-        -- sorts every group on its own, ~1.5x slower at 10M events/day (bench/README.md, session 9)
+        -- list_sort on the struct's first fields, the project's way to order a per-user list
+        -- (docs/architecture.md, "Ordered lists"); measured no faster here than list(... order by ...),
+        -- whose per-group sorts cost most where the lists are long (user_histories)
         list_transform(
             list_sort(list({'negative_score': -score, 'item_id': item_id}))[1:{{ per_user }}],
             lambda x: x.item_id
