@@ -132,13 +132,7 @@ covisitation as (
 
     select
         user_id,
-        -- list_sort on the struct's first fields, the project's way to order a per-user list
-        -- (docs/architecture.md, "Ordered lists"); measured no faster here than list(... order by ...),
-        -- whose per-group sorts cost most where the lists are long (user_histories)
-        list_transform(
-            list_sort(list({'negative_score': -score, 'item_id': item_id}))[1:{{ per_user }}],
-            lambda x: x.item_id
-        ) as items
+        list(item_id order by score desc, item_id)[1:{{ per_user }}] as items
 
     from (select * from covisited anti join touched using (user_id, item_id))
     group by user_id
@@ -206,13 +200,13 @@ active_users as (
     select
         user_id,
         coalesce(any_value(covisitation.items), []) as covisitation_items,
-        -- by affinity (the first field: list_sort, as covisitation)
-        list_sort(list({
-            'affinity': user_categories.affinity,
-            'category': user_categories.category,
+        list(user_categories.category order by user_categories.affinity)
+            filter (where user_categories.category is not null) as categories,
+        list({
             'start': pool_categories.category_index * {{ pool_size }},
-            'size': pool_categories.size
-        }) filter (where user_categories.category is not null)) as pools
+            'size': pool_categories.size,
+            'affinity': user_categories.affinity
+        } order by user_categories.affinity) filter (where user_categories.category is not null) as pools
 
     from (select distinct user_id from window_events) as users
     left join covisitation using (user_id)
@@ -227,10 +221,10 @@ user_state as (
     select
         active_users.user_id,
         active_users.covisitation_items,
-        coalesce(list_transform(active_users.pools, lambda pool: pool.category), []) as categories,
+        coalesce(active_users.categories, []) as categories,
         coalesce(active_users.pools, []) as pools,
         greatest(cast(ceil(({{ per_user }} - len(active_users.covisitation_items))
-            / greatest(len(coalesce(active_users.pools, [])), 1)) as bigint), 0) as share,
+            / greatest(len(coalesce(active_users.categories, [])), 1)) as bigint), 0) as share,
         [coalesce(user_skips.skipped_1, 0), coalesce(user_skips.skipped_2, 0), coalesce(user_skips.skipped_3, 0)]
             as skipped_per_category,
         coalesce(user_skips.category_positions, []) as category_skips,

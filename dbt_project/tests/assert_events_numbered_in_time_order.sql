@@ -32,11 +32,14 @@ numbered as (
 
     select
         day_events.*,
-        coalesce(earlier.events, 0) as earlier_events,
-        coalesce(earlier.last_number, 0) as earlier_last_number,
-        row_number() over (
+        coalesce(earlier.events, 0) + row_number() over (
             partition by day_events.user_id order by day_events.event_at, day_events.item_id, day_events.behavior
-        ) as day_position
+        ) as expected_event_number,
+        case
+            when day_events.event_at < {{ ds() }} or day_events.event_at >= {{ ds() }} + interval 1 day
+                then 'event_at_outside_ds'
+            when coalesce(earlier.last_number, 0) != coalesce(earlier.events, 0) then 'gap_before_ds'
+        end as day_failure
 
     from day_events
     left join earlier on earlier.user_id = day_events.user_id
@@ -45,16 +48,9 @@ numbered as (
 
 select
     event_id,
-    case
-        when event_at < {{ ds() }} or event_at >= {{ ds() }} + interval 1 day then 'event_at_outside_ds'
-        when earlier_last_number != earlier_events then 'gap_before_ds'
-        else 'out_of_order'
-    end as check_name,
+    coalesce(day_failure, 'out_of_order') as check_name,
     event_number,
-    earlier_events + day_position as expected_event_number
+    expected_event_number
 
 from numbered
-where event_number != earlier_events + day_position
-    or earlier_last_number != earlier_events
-    or event_at < {{ ds() }}
-    or event_at >= {{ ds() }} + interval 1 day
+where day_failure is not null or event_number != expected_event_number

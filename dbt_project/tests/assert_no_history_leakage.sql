@@ -84,9 +84,8 @@ window_elements as (
 -- per user, the oldest session the window reaches (every window element lies in it or a later one)
 reach as (
 
-    select user_id, min(session_number) as first_session
-    from window_elements
-    group by user_id
+    select user_id, list_min(session_numbers) as first_session
+    from sequences
 
 ),
 

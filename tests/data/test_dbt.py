@@ -257,6 +257,22 @@ def relocated(cfg: Config, home: Path) -> Config:
         cfg.paths, home=home, warehouse=home / "recsys.duckdb", dbt_target=home / "target"))
 
 
+def warehouse_copy(built: Built, home: Path) -> Config:
+    """A config over a copy of the built warehouse under home: tests tamper with the copy, never the shared build."""
+    cfg = relocated(built.cfg, home)
+    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
+    return cfg
+
+
+def tamper(cfg: Config, sql: str, params: list[str]) -> int:
+    """Run one writing statement on cfg's warehouse; the number of rows it changed."""
+    con = connect(cfg, read_only=False)
+    try:
+        return con.execute(sql, params).fetchone()[0]
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("days", [[D3], [D1, D3]], ids=["one-full-build", "catch-up-after-a-skipped-day"])
 def test_incremental_runs_equal_a_full_build(built: Built, tmp_path: Path, days: list[str]) -> None:
     cfg = relocated(built.cfg, tmp_path)
@@ -272,12 +288,9 @@ def test_incremental_runs_equal_a_full_build(built: Built, tmp_path: Path, days:
 
 def test_failing_dbt_test_raises_naming_it(built: Built, tmp_path: Path) -> None:
     # a copy of the built warehouse with a behaviour outside ingest.behaviors, so the module's stays clean
-    cfg = relocated(built.cfg, tmp_path)
-    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
-    con = connect(cfg, read_only=False)
-    con.execute("INSERT INTO raw.behaviors VALUES (?, 1, 100, 'teleport', ?, NULL, NULL, 'x.csv', 1)",
-                [D3, f"{D3} 21:00:00"])
-    con.close()
+    cfg = warehouse_copy(built, tmp_path)
+    tamper(cfg, "INSERT INTO raw.behaviors VALUES (?, 1, 100, 'teleport', ?, NULL, NULL, 'x.csv', 1)",
+           [D3, f"{D3} 21:00:00"])
     with pytest.raises(TransformError, match="accepted_values_raw_behaviors_behavior") as err:
         build(cfg, D3, select="source:raw")
     assert err.value.failed and all(n.startswith("test.recsys.") for n in err.value.failed)
@@ -379,7 +392,7 @@ def test_user_and_item_features_windows(built: Built) -> None:
     assert items == [(101, 3, 1, 3, 1, 1.0), (105, 3, 0, 2, 1, 1.0), (119, 3, 0, 0, 0, None)]
 
 
-@pytest.mark.parametrize("tamper", [
+@pytest.mark.parametrize("change", [
     # every earlier session runs on to the window's last event (past the positives of ds)
     "session_ends = list_transform(session_ends, lambda e: len(item_ids))",
     # DIEN negatives the user did touch: the window's own items
@@ -394,19 +407,15 @@ def test_user_and_item_features_windows(built: Built) -> None:
     "categories = list_transform(categories, lambda c: c || 'x')",
 ], ids=["session-after-the-event", "touched-dien-negative", "event-in-its-own-history", "history-one-short",
         "sessions-shifted", "wrong-category"])
-def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Path, tamper: str) -> None:
+def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Path, change: str) -> None:
     """Tampering with the stored sequences (training_histories is their view) fails the leakage test."""
-    cfg = relocated(built.cfg, tmp_path)
-    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
-    con = connect(cfg, read_only=False)
-    changed = con.execute(f"UPDATE marts.training_sequences SET {tamper} WHERE ds = ?", [D3]).fetchone()[0]
-    con.close()
-    assert changed > 0
+    cfg = warehouse_copy(built, tmp_path)
+    assert tamper(cfg, f"UPDATE marts.training_sequences SET {change} WHERE ds = ?", [D3]) > 0
     with pytest.raises(TransformError, match="assert_no_history_leakage"):
         build(cfg, D3, select="assert_no_history_leakage")
 
 
-@pytest.mark.parametrize("tamper", [
+@pytest.mark.parametrize("change", [
     # a user's event of ds swaps numbers with its first event (an earlier day's): out of time order
     """UPDATE intermediate.int_events_sessionized AS e SET event_number = s.swapped
        FROM (SELECT first.event_id, day.event_number AS swapped, day.event_id AS day_id
@@ -419,28 +428,21 @@ def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Pat
     # numbers of ds that skip one after the user's earlier events
     "UPDATE intermediate.int_events_sessionized SET event_number = event_number + 1 WHERE ds = ?",
 ], ids=["swapped", "gap"])
-def test_numbering_test_catches_events_out_of_time_order(built: Built, tmp_path: Path, tamper: str) -> None:
+def test_numbering_test_catches_events_out_of_time_order(built: Built, tmp_path: Path, change: str) -> None:
     """The leakage test looks events up by event_number; assert_events_numbered_in_time_order guards that."""
-    cfg = relocated(built.cfg, tmp_path)
-    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
+    cfg = warehouse_copy(built, tmp_path)
     build(cfg, D3, select="assert_events_numbered_in_time_order")  # the pipeline's numbering passes
-    con = connect(cfg, read_only=False)
-    changed = con.execute(tamper, [D3]).fetchone()[0]
-    con.close()
-    assert changed > 0
+    assert tamper(cfg, change, [D3]) > 0
     with pytest.raises(TransformError, match="assert_events_numbered_in_time_order"):
         build(cfg, D3, select="assert_events_numbered_in_time_order")
 
 
-@pytest.mark.parametrize("tamper", [
+@pytest.mark.parametrize("change", [
     "UPDATE marts.training_example_lists SET event_id = event_id || 'x' WHERE ds = ? AND hash(event_id) % 3 = 0",
     "DELETE FROM marts.training_example_lists WHERE ds = ? AND hash(event_id) % 3 = 0",
 ], ids=["examples-without-their-history", "history-without-its-positive"])
-def test_leakage_test_catches_examples_unlinked_from_histories(built: Built, tmp_path: Path, tamper: str) -> None:
-    cfg = relocated(built.cfg, tmp_path)
-    shutil.copy(built.cfg.paths.warehouse, cfg.paths.warehouse)
-    con = connect(cfg, read_only=False)
-    con.execute(tamper, [D3])
-    con.close()
+def test_leakage_test_catches_examples_unlinked_from_histories(built: Built, tmp_path: Path, change: str) -> None:
+    cfg = warehouse_copy(built, tmp_path)
+    tamper(cfg, change, [D3])
     with pytest.raises(TransformError, match="assert_no_history_leakage"):
         build(cfg, D3, select="assert_no_history_leakage")
