@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/pipeline_day.py --events 1000000 [--out bench/results/pipeline_day.jsonl]
 
-Two days are synthesized (the first gives the second a history and a previous-day row count); the
-first is processed untimed, then the second day's stages are timed one by one. Each run appends one
+Two days are synthesized by default (the first gives the second a history and a previous-day row count);
+the first is processed, then the second day's stages are timed one by one. `--days N` synthesizes N days
+and times the last one, so the cost of a longer history shows (each earlier day's stage times are kept
+in `earlier_days`). Each run appends one
 JSON line: events, seconds per stage, events/s end to end, peak RSS (MB), dbt's per-node timings of the
 timed day (from run_results.json: the slowest models and tests) and the load average (other processes
 on the machine disturb the timings).
@@ -28,12 +30,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 STAGES = ("ingest", "transform", "validate")
-DAYS = ("2024-01-01", "2024-01-02")
+START = date(2024, 1, 1)
+
+
+def bench_days(n: int) -> list[str]:
+    """The n synthesized dates from START; the last is the timed one."""
+    return [(START + timedelta(days=i)).isoformat() for i in range(n)]
 
 
 def _peak_rss_mb() -> float:
@@ -43,7 +50,7 @@ def _peak_rss_mb() -> float:
     return max(own, children) / 1024
 
 
-def _dbt_timings(target: Path, top: int = 12) -> dict[str, float]:
+def _dbt_timings(target: Path, top: int = 20) -> dict[str, float]:
     """Seconds per dbt node of the last invocation, slowest first (models, tests and unit tests)."""
     path = target / "run_results.json"
     if not path.exists():
@@ -55,8 +62,8 @@ def _dbt_timings(target: Path, top: int = 12) -> dict[str, float]:
     return out
 
 
-def _synth_phase(home: str, events: int, seed: int) -> dict[str, Any]:
-    """Child process: write the two synthetic days into the landing folder of `home`."""
+def _synth_phase(home: str, events: int, seed: int, days: int) -> dict[str, Any]:
+    """Child process: write `days` synthetic days into the landing folder of `home`."""
     os.environ["RECSYS_HOME"] = home
     from recsys.config import load_config
     from recsys.data.synth import synthesize
@@ -66,9 +73,9 @@ def _synth_phase(home: str, events: int, seed: int) -> dict[str, Any]:
     users = max(100, int(events / per_user_day))
     items = max(200, users // 4)
     t0 = time.perf_counter()
-    summary = synthesize(cfg.paths.landing, days=len(DAYS), users=users, items=items, seed=seed,
-                         start=date.fromisoformat(DAYS[0]), events_per_user_day=per_user_day)
-    return {"users": users, "items": items, "events_day": summary.per_ds[DAYS[1]],
+    summary = synthesize(cfg.paths.landing, days=days, users=users, items=items, seed=seed,
+                         start=START, events_per_user_day=per_user_day)
+    return {"users": users, "items": items, "events_day": summary.per_ds[bench_days(days)[-1]],
             "synth_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_rss_mb())}
 
 
@@ -112,28 +119,35 @@ def _in_child(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         return pool.submit(fn, *args).result()
 
 
-def _landed_phase(home: str, events: int) -> dict[str, Any]:
+def _landed_phase(home: str, events: int, ds: str) -> dict[str, Any]:
     """What `_synth_phase` reports, read back from the landing folder of an earlier run (--resume)."""
     import pyarrow.parquet as pq
 
     users = max(100, int(events / 6.0))
-    files = sorted((Path(home) / "landing" / "behaviors" / f"ds={DAYS[1]}").glob("*.parquet"))
+    files = sorted((Path(home) / "landing" / "behaviors" / f"ds={ds}").glob("*.parquet"))
     if not files:
-        raise SystemExit(f"--resume: no synthesized behaviours of {DAYS[1]} under {home}/landing")
+        raise SystemExit(f"--resume: no synthesized behaviours of {ds} under {home}/landing")
     return {"users": users, "items": max(200, users // 4), "synth_s": None, "peak_rss_mb": None,
             "events_day": sum(pq.ParquetFile(f).metadata.num_rows for f in files)}
 
 
-def run(events: int, seed: int, home: Path, resume: bool = False) -> dict:
-    if resume:  # the synthesized days and the first day's tables are already in home
-        synth, first = _landed_phase(str(home), events), {"peak_rss_mb": None}
+def run(events: int, seed: int, home: Path, resume: bool = False, days: int = 2) -> dict:
+    *earlier, timed = bench_days(days)
+    earlier_days: dict[str, dict[str, float]] = {}
+    first = {"peak_rss_mb": None}
+    if resume:  # the synthesized days and the earlier days' tables are already in home
+        synth = _landed_phase(str(home), events, timed)
     else:
-        synth = _in_child(_synth_phase, str(home), events, seed)
-        first = _in_child(_day_phase, str(home), DAYS[0])
-    day = _in_child(_day_phase, str(home), DAYS[1], True)
+        synth = _in_child(_synth_phase, str(home), events, seed, days)
+        for ds in earlier:
+            done = _in_child(_day_phase, str(home), ds)
+            earlier_days[ds] = done["stage_s"]
+            first["peak_rss_mb"] = max(first["peak_rss_mb"] or 0, done["peak_rss_mb"])
+    day = _in_child(_day_phase, str(home), timed, True)
     total = sum(day["stage_s"].values())
     return {
         "bench": "pipeline_day", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "days": days, "timed_ds": timed, "earlier_days": earlier_days,
         "events_requested": events, "events_day": synth["events_day"], "users": synth["users"],
         "items": synth["items"], "synth_s": synth["synth_s"], "stage_s": day["stage_s"],
         "total_s": round(total, 2), "events_per_s": round(synth["events_day"] / total),
@@ -151,14 +165,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_day.jsonl")
     parser.add_argument("--home", type=Path, default=None, help="RECSYS_HOME for the run (default: a temp dir)")
     parser.add_argument("--note", default="", help="free text stored with the result (e.g. what changed)")
+    parser.add_argument("--days", type=int, default=2,
+                        help="days to synthesize; all but the last are processed untimed first (a longer history)")
     parser.add_argument("--resume", action="store_true",
-                        help="with --home of an earlier run (same --events): skip synthesis and the first "
-                             "day, time the second day again")
+                        help="with --home of an earlier run (same --events and --days): skip synthesis and "
+                             "the earlier days, time the last day again")
     args = parser.parse_args()
     if args.resume and args.home is None:
         parser.error("--resume needs --home")
+    if args.days < 2:
+        parser.error("--days must be at least 2 (the timed day needs a day before it)")
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-        result = run(args.events, args.seed, args.home or Path(tmp), resume=args.resume)
+        result = run(args.events, args.seed, args.home or Path(tmp), resume=args.resume, days=args.days)
     result["resumed"] = args.resume
     if args.note:
         result["note"] = args.note

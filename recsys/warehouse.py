@@ -140,11 +140,34 @@ _EXAMPLE_LISTS_FROM = """
 
 
 def migrate_layout(con: duckdb.DuckDBPyConnection) -> bool:
-    """Move the tables of an earlier warehouse layout to this one, in one transaction; True if it moved any.
+    """Move the tables of an earlier warehouse layout to this one, each step in one transaction; True if
+    any step changed something. `transform.build` runs this before dbt (whose contracts would refuse the
+    old layouts). The steps:
 
-    So far the examples' layouts (above): an old examples table becomes marts.training_example_lists,
-    and dbt then makes training_examples the view of it, so `transform.build` runs this before dbt.
+    - the examples' layouts (above): an old examples table becomes marts.training_example_lists, and dbt
+      then makes training_examples the view of it;
+    - marts.user_histories without `history_spec` gets the column, null in its old rows: no later ds
+      carries those rows forward, so the next ds reads every event once (models/marts/user_histories.sql).
     """
+    moved = _migrate_example_layout(con)
+    return _add_history_spec(con) or moved
+
+
+def _add_history_spec(con: duckdb.DuckDBPyConnection) -> bool:
+    """Give an older marts.user_histories its `history_spec` column (null: never carried forward)."""
+    found = con.execute(
+        "SELECT count(*) FILTER (WHERE column_name = 'history_spec'), count(*) FROM information_schema.columns "
+        "WHERE table_schema = 'marts' AND table_name = 'user_histories'").fetchone()
+    if found[1] == 0 or found[0] == 1:
+        return False
+    with transaction(con):
+        con.execute("ALTER TABLE marts.user_histories ADD COLUMN history_spec VARCHAR")
+    log.info("added marts.user_histories.history_spec (null in the rows built before it)")
+    return True
+
+
+def _migrate_example_layout(con: duckdb.DuckDBPyConnection) -> bool:
+    """An examples table of an earlier layout becomes marts.training_example_lists (see above)."""
     kinds = dict(con.execute(
         "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts' AND "
         "table_name IN ('training_examples', 'training_example_rows', 'training_example_lists')").fetchall())

@@ -286,6 +286,38 @@ def test_incremental_runs_equal_a_full_build(built: Built, tmp_path: Path, days:
         assert digest(cfg, [d3]) == digest(built.cfg, [d3]), table
 
 
+def mark_user_histories(cfg: Config, ds: str, history_spec: str) -> int:
+    """Shift every item id of ds's user_histories by 1000 and set its history_spec (a SQL expression)."""
+    return tamper(cfg, "UPDATE marts.user_histories SET "
+                       "item_id_history = list_transform(item_id_history, lambda i: i + 1000), "
+                       "session_item_ids = list_transform(session_item_ids, "
+                       "    lambda s: list_transform(s, lambda i: i + 1000)), "
+                       f"history_spec = {history_spec} WHERE ds = ?", [ds])
+
+
+def test_user_histories_extend_the_previous_partition(built: Built, tmp_path: Path) -> None:
+    # D3 reads D2's rows, not every event: a user without events on D3 keeps D2's row (users 2, 3, 5), user 1
+    # continues it with D3's event. Marked item ids in D2 show that D3 took them from there.
+    cfg = warehouse_copy(built, tmp_path)
+    assert mark_user_histories(cfg, D2, "history_spec") == 4
+    build(cfg, D3, select="user_histories")
+    sql = "SELECT user_id, item_id_history, session_item_ids FROM marts.user_histories WHERE ds = ?"
+    before = {u: (items, sessions) for u, items, sessions in query(cfg, sql, [D2])}
+    after = {u: (items, sessions) for u, items, sessions in query(cfg, sql, [D3])}
+    # user 1 up to D2: ... 102 | 101 103 (sessions 2 | 3); on D3 104 starts session 4
+    assert after == {**{u: before[u] for u in (2, 3, 5)}, 1: ([1101, 1103, 104], [[1101, 1103], [104]])}
+
+
+def test_user_histories_ignore_a_partition_cut_differently(built: Built, tmp_path: Path) -> None:
+    # a D2 built under other vars (history_max_len, dsin_*) is not carried forward: D3 reads every event
+    # again and is what the module built, marks or not
+    cfg = warehouse_copy(built, tmp_path)
+    assert mark_user_histories(cfg, D2, "'history_max_len=99,dsin_max_sessions=2,dsin_session_len=2'") == 4
+    build(cfg, D3, select="user_histories")
+    d3 = f"(SELECT * FROM marts.user_histories WHERE ds = '{D3}')"
+    assert digest(cfg, [d3]) == digest(built.cfg, [d3])
+
+
 def test_failing_dbt_test_raises_naming_it(built: Built, tmp_path: Path) -> None:
     # a copy of the built warehouse with a behaviour outside ingest.behaviors, so the module's stays clean
     cfg = warehouse_copy(built, tmp_path)

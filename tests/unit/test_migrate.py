@@ -81,3 +81,18 @@ def test_two_old_layouts_at_once_are_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="two layouts"):
         migrate_layout(con)
     con.close()
+
+
+def test_user_histories_without_history_spec_get_the_column_null(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA marts")
+    con.execute("CREATE TABLE marts.user_histories (ds DATE, user_id BIGINT, item_id_history BIGINT[])")
+    con.execute("INSERT INTO marts.user_histories VALUES ('2024-01-02', 1, [5, 6])")
+    assert migrate_layout(con)
+    columns = [c for (c,) in con.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                         "table_name = 'user_histories' ORDER BY ordinal_position").fetchall()]
+    assert columns == ["ds", "user_id", "item_id_history", "history_spec"]  # last, as the model selects it
+    # null: no later ds carries a row of the old layout forward (models/marts/user_histories.sql)
+    assert con.execute("SELECT * FROM marts.user_histories").fetchall() == [(date(2024, 1, 2), 1, [5, 6], None)]
+    assert not migrate_layout(con)  # once only
+    con.close()

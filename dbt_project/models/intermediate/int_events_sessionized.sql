@@ -35,13 +35,9 @@ item_snapshots as (
 
 {% if is_incremental() %}
 
-{#- the last day built before ds, looked up when the model runs: as a literal it prunes the scans of
-    raw behaviours and of this table (zone maps on ds) instead of filtering every row -#}
-{% set last_built_ds = '1900-01-01' %}
-{% if execute %}
-    {% set found = run_query("select coalesce(max(ds), date '1900-01-01') from " ~ this ~ " where ds < " ~ ds()) %}
-    {% set last_built_ds = found.columns[0].values()[0] | string %}
-{% endif %}
+{#- the last day built before ds (macros/last_built_ds.sql): a literal, so it prunes the scans of raw
+    behaviours and of this table (zone maps on ds) instead of filtering every row -#}
+{% set built_until = last_built_ds(this) or '1900-01-01' %}
 
 {% endif %}
 
@@ -51,7 +47,7 @@ new_events as (
     where ds <= {{ ds() }}
     {% if is_incremental() %}
         -- days after the last built one are (re)built now, so a skipped day is caught up, never lost
-        and ds > date '{{ last_built_ds }}'
+        and ds > date '{{ built_until }}'
     {% endif %}
 
 ),
@@ -68,7 +64,7 @@ prior_state as (
         arg_max(session_number, event_number) as last_session_number
 
     from {{ this }}
-    where ds <= date '{{ last_built_ds }}'
+    where ds <= date '{{ built_until }}'
         and user_id in (select user_id from new_events)
     group by user_id
 
