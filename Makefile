@@ -26,7 +26,7 @@ DEMO_ITEMS ?= 400
 help:
 	@echo "make demo   - synthesize demo logs and run the Airflow DAG for each demo date, then summarize"
 	@echo "make test   - ruff + pytest (unit, data, DAG, integration on tiny data)"
-	@echo "make bench-pipeline EVENTS=1000000 - time one day of ingest + dbt + GX (bench/results/pipeline_day.jsonl)"
+	@echo "make bench-pipeline EVENTS=1000000 [DAYS=2] - time the last of DAYS days of ingest + dbt + GX (bench/results/pipeline_day.jsonl)"
 	@echo "make bench-scoring      - scoring pairs/s, C=200, 2 threads, batched vs per pair (bench/results/scoring.jsonl)"
 	@echo "make bench-models [PEERS=1] - Base/DIN/DIEN/DSIN on the peer protocol (+ the peer libraries) (bench/results/models.jsonl)"
 	@echo "make clean  - remove var/ (warehouse, MLflow store, Airflow home, landing files)"
@@ -70,8 +70,9 @@ test: install lint
 	$(BIN)/pytest -q --durations=15   # the 15 slowest tests, to keep the suite under its 15-minute budget
 
 EVENTS ?= 1000000
+DAYS ?= 2
 bench-pipeline: install
-	$(BIN)/python bench/pipeline_day.py --events $(EVENTS)
+	$(BIN)/python bench/pipeline_day.py --events $(EVENTS) --days $(DAYS)
 
 bench-scoring: install
 	$(BIN)/python bench/scoring.py --candidates 200 --threads 2
