@@ -26,6 +26,8 @@ SESSIONS, SESSION_LEN = 2, 2  # DSIN: the last 2 sessions of at most 2 behaviour
 MARTS = ["marts.user_histories", "marts.user_features", "marts.item_features", "marts.training_examples",
          "marts.training_histories", "marts.scoring_candidates"]
 # every example with its positive's history row (stored once per positive, shared by event_id)
+# the leakage test and the table of failures it reads (built per user bucket before it)
+LEAKAGE_CHECK = "int_history_leakage_failures assert_no_history_leakage"
 EXAMPLES_WITH_HISTORY = ("(SELECT e.*, h.* EXCLUDE (ds, event_id, user_id, event_at) FROM marts.training_examples e "
                          "JOIN marts.training_histories h USING (ds, event_id))")
 
@@ -444,7 +446,7 @@ def test_leakage_test_catches_sessions_and_negatives(built: Built, tmp_path: Pat
     cfg = warehouse_copy(built, tmp_path)
     assert tamper(cfg, f"UPDATE marts.training_sequences SET {change} WHERE ds = ?", [D3]) > 0
     with pytest.raises(TransformError, match="assert_no_history_leakage"):
-        build(cfg, D3, select="assert_no_history_leakage")
+        build(cfg, D3, select=LEAKAGE_CHECK)
 
 
 @pytest.mark.parametrize("change", [
@@ -477,4 +479,4 @@ def test_leakage_test_catches_examples_unlinked_from_histories(built: Built, tmp
     cfg = warehouse_copy(built, tmp_path)
     tamper(cfg, change, [D3])
     with pytest.raises(TransformError, match="assert_no_history_leakage"):
-        build(cfg, D3, select="assert_no_history_leakage")
+        build(cfg, D3, select=LEAKAGE_CHECK)
