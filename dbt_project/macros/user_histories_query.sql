@@ -118,16 +118,12 @@ histories as (
 
     select
         new_histories.user_id,
-        list_concat(coalesce(previous.item_id_history, []), new_histories.item_ids)[-{{ max_len }}:]
-            as item_id_history,
-        list_concat(coalesce(previous.category_history, []), new_histories.categories)[-{{ max_len }}:]
-            as category_history,
-        list_concat(coalesce(previous.behavior_history, []), new_histories.behaviors)[-{{ max_len }}:]
-            as behavior_history,
-        list_concat(coalesce(previous.event_at_history, []), new_histories.event_ats)[-{{ max_len }}:]
-            as event_at_history,
-        list_concat(coalesce(previous.session_number_history, []), new_histories.session_numbers)[-{{ max_len }}:]
-            as session_number_history
+        {%- for stored, fresh in [('item_id_history', 'item_ids'), ('category_history', 'categories'),
+                                  ('behavior_history', 'behaviors'), ('event_at_history', 'event_ats'),
+                                  ('session_number_history', 'session_numbers')] %}
+        list_concat(coalesce(previous.{{ stored }}, []), new_histories.{{ fresh }})[-{{ max_len }}:] as {{ stored }}
+            {{- ',' if not loop.last }}
+        {%- endfor %}
 
     from new_histories
     left join previous on new_histories.user_id = previous.user_id
