@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 from collections import defaultdict
 from collections.abc import Iterator
@@ -102,6 +103,7 @@ def digest(cfg: Config, tables: list[str]) -> dict[str, tuple[int, str]]:
 class Built:
     cfg: Config
     results: dict[str, TransformResult]
+    parsed_paths: dict[str, int]  # files dbt parsed in each build (perf_info.json of its parse)
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +116,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
                                  "features.dsin_max_sessions": SESSIONS, "features.dsin_session_len": SESSION_LEN,
                                  "features.candidates_per_user": PER_USER, "features.candidate_window_days": 2})
     seed_raw(cfg)
-    results = {ds: build(cfg, ds) for ds in (D1, D2, D3)}
-    yield Built(cfg, results)
+    results, parsed_paths = {}, {}
+    for ds in (D1, D2, D3):
+        results[ds] = build(cfg, ds)
+        perf = json.loads((Path(cfg.paths.dbt_target) / "perf_info.json").read_text())
+        parsed_paths[ds] = perf["parsed_path_count"]
+    yield Built(cfg, results, parsed_paths)
     mp.undo()
 
 
@@ -329,6 +335,14 @@ def test_failing_dbt_test_raises_naming_it(built: Built, tmp_path: Path) -> None
         build(cfg, D3, select="source:raw")
     assert err.value.failed and all(n.startswith("test.recsys.") for n in err.value.failed)
     assert "1 failing row" in str(err.value)
+
+
+def test_a_new_ds_reuses_the_parse_of_the_previous_one(built: Built) -> None:
+    # ds is not a parse-time var, so partial parsing survives a new date: only the first build parses files
+    assert built.parsed_paths[D1] > 50
+    assert built.parsed_paths[D2] == built.parsed_paths[D3] == 0
+    parse = dbt_args(built.cfg, None, command="parse")
+    assert parse[0] == "parse" and '"ds"' not in parse[parse.index("--vars") + 1]
 
 
 def test_ds_and_vars_are_validated_before_sql_runs(built: Built) -> None:

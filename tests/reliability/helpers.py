@@ -106,6 +106,12 @@ def _forget_mlflow_connections() -> None:
             for engine in engines.values():
                 engine.dispose()
             engines.clear()
+    # the store objects are cached per URI too (lru_cache on the registries): build new ones on next use
+    for name, registry in (("mlflow.tracking._tracking_service.registry", "TrackingStoreRegistry"),
+                           ("mlflow.tracking._model_registry.registry", "ModelRegistryStoreRegistry")):
+        cached = getattr(getattr(sys.modules.get(name), registry, None), "_get_store_with_resolved_uri", None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
 
 
 def synth_landing(cfg: Config) -> None:
