@@ -209,9 +209,10 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
     started = time.monotonic()
     with _environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
         try:
-            parsed = dbtRunner().invoke(dbt_args(cfg, None, extra_vars=extra_vars, command="parse"))
-            outcome = parsed if parsed.exception is not None or not parsed.success else \
-                dbtRunner(manifest=parsed.result).invoke(dbt_args(cfg, ds, select, full_refresh, extra_vars))
+            outcome = dbtRunner().invoke(dbt_args(cfg, None, extra_vars=extra_vars, command="parse"))
+            if outcome.success:  # a failed parse (e.g. a malformed var) is reported like a failed build
+                outcome = dbtRunner(manifest=outcome.result).invoke(
+                    dbt_args(cfg, ds, select, full_refresh, extra_vars))
         finally:
             dbt_done = time.monotonic()
             _release_warehouse()

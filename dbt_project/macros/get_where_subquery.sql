@@ -8,15 +8,9 @@
 -#}
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where') -%}
-    {%- if where -%}
-        {%- if '__ds__' in where -%}
-            {%- set where = where | replace('__ds__', ds()) -%}
-        {%- endif -%}
-        {%- set filtered -%}
-            (select * from {{ relation }} where {{ where }}) dbt_subquery
-        {%- endset -%}
-        {%- do return(filtered) -%}
-    {%- else -%}
+    {%- if not where -%}
         {%- do return(relation) -%}
     {%- endif -%}
+    {%- set where = where | replace('__ds__', ds()) if '__ds__' in where else where -%}
+    {%- do return('(select * from ' ~ relation ~ ' where ' ~ where ~ ') dbt_subquery') -%}
 {%- endmacro %}
