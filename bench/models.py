@@ -173,6 +173,10 @@ def train(model: Any, data: Mapping[str, Any], names: tuple[str, ...], timer: An
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     timer.attach(optimizer)
     eager = make_loss_fn(model, aux_weight)
+    if compiled:
+        from recsys.models.layers import keep_lookups_eager
+
+        keep_lookups_eager(model)
     full = torch.compile(eager, dynamic=False) if compiled else eager
     keys = (*names, "label")
     buffers = {k: torch.empty_like(data[k]) for k in keys}

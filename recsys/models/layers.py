@@ -228,11 +228,7 @@ class FeatureEmbedding(nn.Module):
         """Embeddings of feature `name`'s table for ids of any shape [...] -> [..., E]."""
         return self.table(self.group_of[name])(ids)
 
-    # The lookups stay out of torch.compile graphs: Inductor lowers the embedding backward to a
-    # scatter-add that is slower on CPU than ATen's kernel (compiled DIN, item + category, 2 cores,
-    # batch 256, median step: ~32.6k samples/s with the lookups inside the graph, ~34.7k outside;
-    # ~29k eager).
-    @torch.compiler.disable
+    # `keep_lookups_eager` puts these two out of torch.compile graphs before a model is compiled.
     def embed_behaviours(self, ids: Sequence[Tensor]) -> Tensor:
         """One id tensor per behaviour feature (map order), all of one shape [...] -> behaviours [..., D].
 
@@ -240,7 +236,6 @@ class FeatureEmbedding(nn.Module):
         """
         return torch.cat([self.lookup(n, i) for n, i in zip(self.histories, ids, strict=True)], dim=-1)
 
-    @torch.compiler.disable
     def _lookup_features(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Every categorical and behaviour feature -> its embeddings [B, E] / [B, T, E] / [B, S, L, E]."""
         return {name: self.lookup(name, batch[name]) for name in self.looked_up if name in batch}
@@ -665,3 +660,19 @@ class SessionInteraction(nn.Module):
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=n_sess)
         restored = out.gather(1, torch.argsort(order, dim=1).unsqueeze(-1).expand_as(out))
         return restored * session_mask.unsqueeze(-1).to(out.dtype)
+
+
+def keep_lookups_eager(model: nn.Module) -> nn.Module:
+    """Keep every FeatureEmbedding's lookups out of torch.compile graphs; call it before compiling `model`.
+
+    Inductor lowers the embedding backward to a scatter-add that is slower on CPU than ATen's kernel
+    (compiled DIN, item + category, 2 cores, batch 256, median step: ~32.6k samples/s with the lookups
+    inside the graph, ~34.7k outside; ~29k eager). Applied per instance here rather than as a decorator
+    on the methods: `torch.compiler.disable` imports torch._dynamo (2.2-2.8 s measured), which every
+    pipeline process that imports the models would pay, and only the benchmark compiles.
+    """
+    for module in model.modules():
+        if isinstance(module, FeatureEmbedding):
+            module.embed_behaviours = torch.compiler.disable(module.embed_behaviours)
+            module._lookup_features = torch.compiler.disable(module._lookup_features)
+    return model

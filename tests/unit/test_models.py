@@ -498,3 +498,28 @@ def test_din_beats_base_when_attention_matters() -> None:
         with torch.no_grad():
             scores[name] = auc(test["label"].numpy(), model(test).logits.numpy())
     assert scores["din"] > 0.85 and scores["din"] > scores["base"] + 0.15, scores
+
+
+def test_lookups_stay_out_of_compiled_graphs_and_the_pipeline_does_not_import_dynamo(fmap: FeatureMap) -> None:
+    """keep_lookups_eager: the traced graphs hold no embedding op; importing the models loads no dynamo."""
+    import subprocess
+    import sys
+
+    from recsys.models.layers import keep_lookups_eager
+
+    probe = "import sys, recsys.models, recsys.score; print('torch._dynamo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    model = build_model("din", fmap, embed_dim=E, attention_hidden=(8, 4), mlp_hidden=(16, 8)).eval()
+    batch = make_batch(fmap)
+    traced: list[str] = []
+
+    def recording(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        traced.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    expected = model(batch).logits
+    got = torch.compile(keep_lookups_eager(model), backend=recording)(batch).logits
+    torch.testing.assert_close(got, expected)
+    assert traced and not any("embedding" in t for t in traced), traced
+    torch._dynamo.reset()
