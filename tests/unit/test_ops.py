@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import http.server
+import json
 import os
 import runpy
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +17,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 OPS = runpy.run_path(str(REPO / "ops" / "airflow_ops.py"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture()
@@ -70,8 +81,62 @@ def test_json_after_log_lines_and_newest_run_per_ds(settings, monkeypatch) -> No
     assert len(OPS["json_lines"](out)) == 3
     monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow",
                         lambda *_a, **_k: subprocess.CompletedProcess([], 0, stdout=out, stderr=""))
+    settings = dataclasses.replace(settings, airflow_port=free_port())  # nothing answers: the CLI route
     runs = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
     assert [(r["ds"], r["state"]) for r in runs] == [("2024-01-01", "failed"), ("2024-01-02", "success")]
+
+
+class FakeApiServer(http.server.BaseHTTPRequestHandler):
+    """The two endpoints of Airflow's api-server that list_runs uses, with the simple auth manager's rules."""
+
+    tokens_issued = 0
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ok = self.path == "/auth/token" and body == {"username": "admin", "password": "pw"}
+        FakeApiServer.tokens_issued += ok
+        self._reply(201 if ok else 401, {"access_token": "jwt"} if ok else {"detail": "Invalid credentials"})
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.headers.get("Authorization") != "Bearer jwt":
+            return self._reply(401, {"detail": "Not authenticated"})
+        runs = [{"dag_run_id": "backfill__2024-01-01T00:00:00+00:00", "state": "running",
+                 "logical_date": "2024-01-01T00:00:00Z", "run_after": "2024-01-01T00:00:00Z"},
+                {"dag_run_id": "scheduled__2024-01-05", "state": "success",
+                 "logical_date": "2024-01-05T00:00:00Z", "run_after": "2024-01-06T00:00:00Z"}]
+        ok = self.path == "/api/v2/dags/recsys_daily/dagRuns?limit=1000"
+        return self._reply(200 if ok else 404, {"dag_runs": runs, "total_entries": 2})
+
+    def _reply(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+def test_runs_come_from_the_rest_api_with_a_token_of_the_generated_password(settings, monkeypatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = dataclasses.replace(settings, airflow_port=server.server_address[1])
+        monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow", lambda *_a, **_k: pytest.fail("CLI called"))
+        settings.airflow_home.mkdir()
+        secrets = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
+        secrets.write_text('{"admin": "wrong"}')
+        assert OPS["runs_from_api"](settings) is None  # rejected credentials: the caller falls back
+        secrets.write_text('{"admin": "pw"}')
+        for _ in range(2):
+            runs = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
+            assert [(r["ds"], r["state"], r["run_id"]) for r in runs] == \
+                [("2024-01-01", "running", "backfill__2024-01-01T00:00:00+00:00")]
+        assert FakeApiServer.tokens_issued == 1  # the token is reused across polls
+    finally:
+        server.shutdown()
 
 
 def test_rerun_hint_and_date_count() -> None:
