@@ -277,6 +277,7 @@ def list_runs(s: Settings, start: str, end: str) -> list[dict]:
     every few seconds would take from the tasks it watches on a 2-core machine.
     """
     runs = runs_from_api(s)
+    _ROUTE[0] = "the REST API" if runs is not None else f"`airflow dags list-runs` (the REST API: {_API_ERROR[0]})"
     if runs is None:
         runs = json_lines(airflow(s, "dags", "list-runs", DAG_ID, "-o", "json").stdout)
     newest: dict[str, dict] = {}
@@ -288,6 +289,8 @@ def list_runs(s: Settings, start: str, end: str) -> list[dict]:
 
 
 _TOKENS: dict[int, str] = {}  # api-server port -> JWT of the simple auth manager's generated user
+_ROUTE = [""]  # how list_runs read the runs last time
+_API_ERROR = [""]  # why the REST API did not answer last time
 
 
 def api_token(s: Settings) -> str:
@@ -299,7 +302,7 @@ def api_token(s: Settings) -> str:
             f"http://localhost:{s.airflow_port}/auth/token", method="POST",
             data=json.dumps({"username": user, "password": password}).encode(),
             headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (localhost only)
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
             _TOKENS[s.airflow_port] = json.loads(response.read())["access_token"]
     return _TOKENS[s.airflow_port]
 
@@ -311,10 +314,11 @@ def runs_from_api(s: Settings) -> list[dict] | None:
         request = urllib.request.Request(
             f"http://localhost:{s.airflow_port}/api/v2/dags/{DAG_ID}/dagRuns?limit=1000",
             headers={"Authorization": f"Bearer {api_token(s)}"})
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (localhost only)
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
             runs = json.loads(response.read())["dag_runs"]
-    except (OSError, ValueError, KeyError, StopIteration):  # URLError and HTTPError are OSErrors
+    except (OSError, ValueError, KeyError, StopIteration) as exc:  # URLError and HTTPError are OSErrors
         _TOKENS.pop(s.airflow_port, None)  # an expired token is fetched again next time
+        _API_ERROR[0] = f"{type(exc).__name__}: {exc}"
         return None
     return [{**run, "run_id": run["dag_run_id"]} for run in runs]
 
@@ -339,11 +343,12 @@ def task_log(s: Settings, run_id: str, task_id: str) -> Path:
 
 def wait_for_runs(s: Settings, start: str, end: str, expected: int, timeout_s: float, poll_s: float) -> list[dict]:
     """Poll until `expected` backfill runs are terminal; print every state change as it happens."""
-    t0, seen, runs = time.monotonic(), {}, []
-    route = "the REST API" if runs_from_api(s) is not None else "`airflow dags list-runs` (no REST API answer)"
-    print(f"watching the runs through {route}, every {poll_s:g} s")
+    t0, seen, runs, route = time.monotonic(), {}, [], ""
     while time.monotonic() - t0 < timeout_s:
         runs = list_runs(s, start, end)
+        if route != _ROUTE[0]:  # say how the runs are read, and when that changes
+            route = _ROUTE[0]
+            print(f"  [{time.monotonic() - t0:6.0f} s] watching the runs through {route}", flush=True)
         for run in runs:
             if seen.get(run["ds"]) != run["state"]:
                 seen[run["ds"]] = run["state"]

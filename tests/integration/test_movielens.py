@@ -25,8 +25,10 @@ WINDOW = 21  # days imported; the last 2 run through every stage
 @pytest.mark.skipif(not SHARED_ML100K.is_dir(), reason="../shared/data/ml-100k is not on this machine")
 def test_last_days_of_movielens(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
-    # a 3-day training window: each earlier day costs a dbt build here, and the stages are what is tested
-    cfg = load_config(overrides={"train.epochs": 1, "train.train_days": 3, "features.negatives_per_positive": 1,
+    # a 3-day training window: each earlier day costs a dbt build here, and the stages are what is tested;
+    # one model (every model trains on this data in tests/unit and bench/models.py)
+    cfg = load_config(overrides={"train.epochs": 1, "train.train_days": 3, "train.models": ["din"],
+                                 "features.negatives_per_positive": 1,
                                  "features.popularity_negatives_per_positive": 0,
                                  "validate.min_row_ratio": 0.02, "validate.max_row_ratio": 50.0})
     first = LAST - timedelta(days=WINDOW - 1)
