@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -268,59 +269,52 @@ def json_lines(out: str) -> list[dict]:
     return []
 
 
-def list_runs(s: Settings, start: str, end: str) -> list[dict]:
-    """The newest run of DAG_ID per ds in [start, end], whatever its type.
+def list_runs(s: Settings, start: str, end: str) -> tuple[list[dict], str]:
+    """The newest run of DAG_ID per ds in [start, end], whatever its type, and how they were read.
 
     A backfill that reprocesses a date clears and re-queues that date's existing run, so the newest run
     per ds is the one to watch. Read from the api-server's REST API when it answers (an HTTP request);
     otherwise from `airflow dags list-runs`, a fresh Airflow process of ~5 s CPU per call, which a poll
     every few seconds would take from the tasks it watches on a 2-core machine.
     """
-    runs = runs_from_api(s)
-    _ROUTE[0] = "the REST API" if runs is not None else f"`airflow dags list-runs` (the REST API: {_API_ERROR[0]})"
-    if runs is None:
+    try:
+        runs, route = runs_from_api(s), "the REST API"
+    except (OSError, ValueError, KeyError, StopIteration) as exc:  # URLError and HTTPError are OSErrors
+        api_token.cache_clear()  # e.g. an expired token: fetched again at the next call
         runs = json_lines(airflow(s, "dags", "list-runs", DAG_ID, "-o", "json").stdout)
+        route = f"`airflow dags list-runs` (the REST API: {type(exc).__name__}: {exc})"
     newest: dict[str, dict] = {}
     for run in runs:
         ds = str(run.get("logical_date") or "")[:10]
         if start <= ds <= end and str(run.get("run_after", "")) >= str(newest.get(ds, {}).get("run_after", "")):
             newest[ds] = {**run, "ds": ds}
-    return [newest[ds] for ds in sorted(newest)]
+    return [newest[ds] for ds in sorted(newest)], route
 
 
-_TOKENS: dict[int, str] = {}  # api-server port -> JWT of the simple auth manager's generated user
-_ROUTE = [""]  # how list_runs read the runs last time
-_API_ERROR = [""]  # why the REST API did not answer last time
-
-
+@functools.cache  # one token per api-server for the whole backfill
 def api_token(s: Settings) -> str:
     """A JWT for the public REST API (simple auth manager: `POST /auth/token` with the generated password)."""
-    if s.airflow_port not in _TOKENS:
-        path = s.airflow_home / "simple_auth_manager_passwords.json.generated"
-        user, password = next(iter(json.loads(path.read_text()).items()))
-        request = urllib.request.Request(
-            f"http://localhost:{s.airflow_port}/auth/token", method="POST",
-            data=json.dumps({"username": user, "password": password}).encode(),
-            headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
-            _TOKENS[s.airflow_port] = json.loads(response.read())["access_token"]
-    return _TOKENS[s.airflow_port]
+    path = s.airflow_home / "simple_auth_manager_passwords.json.generated"
+    user, password = next(iter(json.loads(path.read_text()).items()))
+    request = urllib.request.Request(
+        f"http://localhost:{s.airflow_port}/auth/token", method="POST",
+        data=json.dumps({"username": user, "password": password}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
+        return json.loads(response.read())["access_token"]
 
 
-def runs_from_api(s: Settings) -> list[dict] | None:
-    """DAG_ID's runs from `GET /api/v2/dags/{dag_id}/dagRuns`, in the CLI's field names; None when the
-    api-server does not answer or another auth manager is configured (the caller falls back to the CLI)."""
-    try:
-        request = urllib.request.Request(
-            f"http://localhost:{s.airflow_port}/api/v2/dags/{DAG_ID}/dagRuns?limit=1000",
-            headers={"Authorization": f"Bearer {api_token(s)}"})
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
-            runs = json.loads(response.read())["dag_runs"]
-    except (OSError, ValueError, KeyError, StopIteration) as exc:  # URLError and HTTPError are OSErrors
-        _TOKENS.pop(s.airflow_port, None)  # an expired token is fetched again next time
-        _API_ERROR[0] = f"{type(exc).__name__}: {exc}"
-        return None
-    return [{**run, "run_id": run["dag_run_id"]} for run in runs]
+def runs_from_api(s: Settings) -> list[dict]:
+    """DAG_ID's runs from `GET /api/v2/dags/{dag_id}/dagRuns`, in the CLI's field names.
+
+    Raises OSError (the api-server does not answer, or refuses the credentials: another auth manager),
+    or ValueError / KeyError / StopIteration (no generated password, an unexpected answer).
+    """
+    request = urllib.request.Request(
+        f"http://localhost:{s.airflow_port}/api/v2/dags/{DAG_ID}/dagRuns?limit=1000",
+        headers={"Authorization": f"Bearer {api_token(s)}"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
+        return [{**run, "run_id": run["dag_run_id"]} for run in json.loads(response.read())["dag_runs"]]
 
 
 def failed_tasks(s: Settings, run_id: str) -> list[str]:
@@ -343,11 +337,11 @@ def task_log(s: Settings, run_id: str, task_id: str) -> Path:
 
 def wait_for_runs(s: Settings, start: str, end: str, expected: int, timeout_s: float, poll_s: float) -> list[dict]:
     """Poll until `expected` backfill runs are terminal; print every state change as it happens."""
-    t0, seen, runs, route = time.monotonic(), {}, [], ""
+    t0, seen, runs, last_route = time.monotonic(), {}, [], ""
     while time.monotonic() - t0 < timeout_s:
-        runs = list_runs(s, start, end)
-        if route != _ROUTE[0]:  # say how the runs are read, and when that changes
-            route = _ROUTE[0]
+        runs, route = list_runs(s, start, end)
+        if route != last_route:  # say how the runs are read, and when that changes
+            last_route = route
             print(f"  [{time.monotonic() - t0:6.0f} s] watching the runs through {route}", flush=True)
         for run in runs:
             if seen.get(run["ds"]) != run["state"]:

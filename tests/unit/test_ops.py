@@ -82,8 +82,9 @@ def test_json_after_log_lines_and_newest_run_per_ds(settings, monkeypatch) -> No
     monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow",
                         lambda *_a, **_k: subprocess.CompletedProcess([], 0, stdout=out, stderr=""))
     settings = dataclasses.replace(settings, airflow_port=free_port())  # nothing answers: the CLI route
-    runs = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
+    runs, route = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
     assert [(r["ds"], r["state"]) for r in runs] == [("2024-01-01", "failed"), ("2024-01-02", "success")]
+    assert route.startswith("`airflow dags list-runs`")
 
 
 class FakeApiServer(http.server.BaseHTTPRequestHandler):
@@ -124,16 +125,18 @@ def test_runs_come_from_the_rest_api_with_a_token_of_the_generated_password(sett
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         settings = dataclasses.replace(settings, airflow_port=server.server_address[1])
-        monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow", lambda *_a, **_k: pytest.fail("CLI called"))
         settings.airflow_home.mkdir()
         secrets = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
         secrets.write_text('{"admin": "wrong"}')
-        assert OPS["runs_from_api"](settings) is None  # rejected credentials: the caller falls back
+        with pytest.raises(OSError, match="401"):  # rejected credentials: list_runs falls back to the CLI
+            OPS["runs_from_api"](settings)
+        monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow", lambda *_a, **_k: pytest.fail("CLI called"))
         secrets.write_text('{"admin": "pw"}')
         for _ in range(2):
-            runs = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
+            runs, route = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
             assert [(r["ds"], r["state"], r["run_id"]) for r in runs] == \
                 [("2024-01-01", "running", "backfill__2024-01-01T00:00:00+00:00")]
+            assert route == "the REST API"
         assert FakeApiServer.tokens_issued == 1  # the token is reused across polls
     finally:
         server.shutdown()
