@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,18 +198,71 @@ def init_airflow(s: Settings) -> None:
 
 
 def is_paused(s: Settings) -> bool | None:
-    """The DAG's paused flag, or None when it is not in the metadata DB (not parsed yet, or import errors)."""
+    """The DAG's paused flag, or None when it is not in the metadata DB (not parsed yet, or import errors).
+
+    `GET /api/v2/dags/{dag_id}` while the api-server answers, else `airflow dags details`.
+    """
+    try:
+        return bool(api(s, "GET", f"dags/{DAG_ID}")["is_paused"])
+    except API_ERRORS:
+        api_token.cache_clear()
     details = json_lines(airflow(s, "dags", "details", DAG_ID, "-o", "json", check=False).stdout)
     return str(details[0].get("is_paused")).lower() == "true" if details else None  # the CLI prints "True"
 
 
-def unpause(s: Settings) -> None:
-    """The scheduler only runs the runs of unpaused DAGs, backfills included. A DAG that failed to import
-    is not in the metadata DB; say why instead of `Dag not found`."""
-    if airflow(s, "dags", "unpause", DAG_ID, check=False).returncode == 0:
+def set_paused(s: Settings, paused: bool) -> None:
+    """Pause or unpause the DAG: `PATCH /api/v2/dags/{dag_id}`, else `airflow dags pause|unpause`.
+
+    The scheduler only runs the runs of unpaused DAGs, backfills included. A DAG that failed to import
+    is not in the metadata DB (the API answers 404, the CLI fails too); unpausing then says why instead of
+    `Dag not found`.
+    """
+    try:
+        api(s, "PATCH", f"dags/{DAG_ID}", {"is_paused": paused})
+        return
+    except API_ERRORS:
+        api_token.cache_clear()
+    if airflow(s, "dags", "pause" if paused else "unpause", DAG_ID, check=False).returncode == 0 or paused:
         return
     errors = airflow(s, "dags", "list-import-errors", check=False).stdout
     raise SystemExit(f"{DAG_ID} is not in the metadata DB; import errors (fix them, then rerun):\n{errors[-3000:]}")
+
+
+def create_backfill(s: Settings, start: str, end: str, reprocess: str) -> None:
+    """Queue one run per ds in [start, end], at most one running at a time.
+
+    `POST /api/v2/backfills` while the api-server answers, else `airflow backfill create` (a fresh Airflow
+    process). A backfill of this DAG that is still running is waited for instead of failing.
+    """
+    body = {"dag_id": DAG_ID, "from_date": f"{start}T00:00:00Z", "to_date": f"{end}T00:00:00Z",
+            "max_active_runs": 1, "reprocess_behavior": reprocess}
+    try:
+        created = api(s, "POST", "backfills", body)
+        print(f"backfill {created.get('id')} created: POST /api/v2/backfills {json.dumps(body)}")
+        return
+    except urllib.error.HTTPError as exc:  # the api-server answered: its verdict stands
+        detail = exc.read().decode(errors="replace")
+        if exc.code == 409:
+            print("a backfill of this DAG is already running: waiting for its runs instead")
+            return
+        if exc.code in (400, 404, 422):
+            hint = ("every date already has a run: use REPROCESS=completed to run them again"
+                    if "No runs to create" in detail else f"the api-server answered {exc.code}")
+            raise SystemExit(f"the backfill was not created: {hint}\n{detail[-1500:]}") from None
+        api_token.cache_clear()  # e.g. 401/403 under another auth manager: the CLI below
+    except API_ERRORS:
+        api_token.cache_clear()
+    print(f"airflow backfill create --dag-id {DAG_ID} --from-date {start} --to-date {end} "
+          f"--max-active-runs 1 --reprocess-behavior {reprocess}")
+    out = airflow(s, "backfill", "create", "--dag-id", DAG_ID, "--from-date", start, "--to-date", end,
+                  "--max-active-runs", "1", "--reprocess-behavior", reprocess, check=False)
+    text = out.stdout + out.stderr
+    if "AlreadyRunningBackfill" in text:
+        print("a backfill of this DAG is already running: waiting for its runs instead")
+    elif out.returncode != 0:
+        hint = ("every date already has a run: use REPROCESS=completed to run them again"
+                if "NoBackfillRunsToCreate" in text else "see the output above")
+        raise SystemExit(f"airflow backfill create failed: {hint}\n" + "\n".join(text.splitlines()[-15:]))
 
 
 def start_airflow(s: Settings, started: list[str] | None = None) -> list[str]:
@@ -279,7 +333,7 @@ def list_runs(s: Settings, start: str, end: str) -> tuple[list[dict], str]:
     """
     try:
         runs, route = runs_from_api(s), "the REST API"
-    except (OSError, ValueError, KeyError, StopIteration) as exc:  # URLError and HTTPError are OSErrors
+    except API_ERRORS as exc:
         api_token.cache_clear()  # e.g. an expired token: fetched again at the next call
         runs = json_lines(airflow(s, "dags", "list-runs", DAG_ID, "-o", "json").stdout)
         route = f"`airflow dags list-runs` (the REST API: {type(exc).__name__}: {exc})"
@@ -304,17 +358,26 @@ def api_token(s: Settings) -> str:
         return json.loads(response.read())["access_token"]
 
 
-def runs_from_api(s: Settings) -> list[dict]:
-    """DAG_ID's runs from `GET /api/v2/dags/{dag_id}/dagRuns`, in the CLI's field names.
+# what a REST call raises when the API cannot be used: OSError (no answer; urllib's URLError and HTTPError,
+# e.g. credentials refused under another auth manager), ValueError / KeyError / StopIteration (no
+# generated password, an unexpected answer)
+API_ERRORS = (OSError, ValueError, KeyError, StopIteration)
 
-    Raises OSError (the api-server does not answer, or refuses the credentials: another auth manager),
-    or ValueError / KeyError / StopIteration (no generated password, an unexpected answer).
-    """
+
+def api(s: Settings, method: str, path: str, body: dict | None = None) -> dict:
+    """One call to the api-server's public REST API (`/api/v2/<path>`) with the cached token; its JSON."""
     request = urllib.request.Request(
-        f"http://localhost:{s.airflow_port}/api/v2/dags/{DAG_ID}/dagRuns?limit=1000",
-        headers={"Authorization": f"Bearer {api_token(s)}"})
+        f"http://localhost:{s.airflow_port}/api/v2/{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {api_token(s)}", "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
-        return [{**run, "run_id": run["dag_run_id"]} for run in json.loads(response.read())["dag_runs"]]
+        return json.loads(response.read() or b"{}")
+
+
+def runs_from_api(s: Settings) -> list[dict]:
+    """DAG_ID's runs from `GET /api/v2/dags/{dag_id}/dagRuns`, in the CLI's field names; raises API_ERRORS."""
+    runs = api(s, "GET", f"dags/{DAG_ID}/dagRuns?limit=1000")["dag_runs"]
+    return [{**run, "run_id": run["dag_run_id"]} for run in runs]
 
 
 def failed_tasks(s: Settings, run_id: str) -> list[str]:
@@ -370,29 +433,20 @@ def cmd_backfill(s: Settings, args: argparse.Namespace) -> int:
                          "RECSYS_START_DATE / RECSYS_END_DATE) to cover them")
     init_airflow(s)
     started: list[str] = []
-    was_paused = is_paused(s)
+    was_paused: bool | None = None
     try:
         start_airflow(s, started)
-        unpause(s)
+        was_paused = is_paused(s)  # through the api-server now: no Airflow process per call
+        set_paused(s, False)
         if not s.end_date:
             print("note: airflow.end_date is not set, so while the DAG is unpaused the scheduler also runs the "
                   "latest day (yesterday); for a historical data set set airflow.end_date (or RECSYS_END_DATE) "
                   "to your last landing day")
-        print(f"airflow backfill create --dag-id {DAG_ID} --from-date {start} --to-date {end} "
-              f"--max-active-runs 1 --reprocess-behavior {args.reprocess}")
-        created = airflow(s, "backfill", "create", "--dag-id", DAG_ID, "--from-date", start, "--to-date", end,
-                          "--max-active-runs", "1", "--reprocess-behavior", args.reprocess, check=False)
-        text = created.stdout + created.stderr
-        if "AlreadyRunningBackfill" in text:
-            print("a backfill of this DAG is already running: waiting for its runs instead")
-        elif created.returncode != 0:
-            hint = ("every date already has a run: use REPROCESS=completed to run them again"
-                    if "NoBackfillRunsToCreate" in text else "see the output above")
-            raise SystemExit(f"airflow backfill create failed: {hint}\n" + "\n".join(text.splitlines()[-15:]))
+        create_backfill(s, start, end, args.reprocess)
         runs = wait_for_runs(s, start, end, expected_runs(start, end), args.timeout, args.poll)
     finally:
         if was_paused is not False:  # leave the schedule as it was: paused DAGs (the default) stay paused
-            airflow(s, "dags", "pause", DAG_ID, check=False)
+            set_paused(s, True)
         if not args.keep_running:
             for name in reversed(started):  # leave running only what was running before
                 stop_service(s, name)

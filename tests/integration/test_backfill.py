@@ -85,6 +85,7 @@ def test_backfill_reports_two_successful_runs(backfill) -> None:
     out = backfill["output"]
     assert backfill["rc"] == 0, out[-4000:]
     assert "2 of 2 runs succeeded" in out, out[-4000:]
+    assert "created: POST /api/v2/backfills" in out  # queued, (un)paused and watched through the api-server
     assert "watching the runs through the REST API" in out  # the api-server's token route works, no CLI polls
     assert backfill["services_left"] == []  # it stopped the services it started
 

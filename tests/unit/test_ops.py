@@ -88,25 +88,49 @@ def test_json_after_log_lines_and_newest_run_per_ds(settings, monkeypatch) -> No
 
 
 class FakeApiServer(http.server.BaseHTTPRequestHandler):
-    """The two endpoints of Airflow's api-server that list_runs uses, with the simple auth manager's rules."""
+    """The endpoints of Airflow's api-server that ops/airflow_ops.py uses, with the simple auth manager's
+    rules: a token for the generated password, the DAG's runs and paused flag, backfill creation (whose
+    answer is `backfill_reply`). Every authorised call is recorded in `calls`."""
 
     tokens_issued = 0
+    calls: list[tuple[str, str, dict | None]] = []
+    paused = True
+    backfill_reply: tuple[int, dict] = (200, {"id": 7})
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ok = self.path == "/auth/token" and body == {"username": "admin", "password": "pw"}
-        FakeApiServer.tokens_issued += ok
-        self._reply(201 if ok else 401, {"access_token": "jwt"} if ok else {"detail": "Invalid credentials"})
+        if self.path == "/auth/token":
+            ok = body == {"username": "admin", "password": "pw"}
+            FakeApiServer.tokens_issued += ok
+            return self._reply(201 if ok else 401, {"access_token": "jwt"} if ok else {"detail": "Invalid credentials"})
+        if self._authorised("POST", body) and self.path == "/api/v2/backfills":
+            return self._reply(*FakeApiServer.backfill_reply)
+        return self._reply(404, {"detail": "Not Found"})
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self._authorised("PATCH", body) and self.path == "/api/v2/dags/recsys_daily":
+            FakeApiServer.paused = body["is_paused"]
+            return self._reply(200, {"dag_id": "recsys_daily", "is_paused": FakeApiServer.paused})
+        return self._reply(404, {"detail": "Not Found"})
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.headers.get("Authorization") != "Bearer jwt":
+        if not self._authorised("GET", None):
             return self._reply(401, {"detail": "Not authenticated"})
+        if self.path == "/api/v2/dags/recsys_daily":
+            return self._reply(200, {"dag_id": "recsys_daily", "is_paused": FakeApiServer.paused})
         runs = [{"dag_run_id": "backfill__2024-01-01T00:00:00+00:00", "state": "running",
                  "logical_date": "2024-01-01T00:00:00Z", "run_after": "2024-01-01T00:00:00Z"},
                 {"dag_run_id": "scheduled__2024-01-05", "state": "success",
                  "logical_date": "2024-01-05T00:00:00Z", "run_after": "2024-01-06T00:00:00Z"}]
         ok = self.path == "/api/v2/dags/recsys_daily/dagRuns?limit=1000"
         return self._reply(200 if ok else 404, {"dag_runs": runs, "total_entries": 2})
+
+    def _authorised(self, method: str, body: dict | None) -> bool:
+        ok = self.headers.get("Authorization") == "Bearer jwt"
+        if ok:
+            FakeApiServer.calls.append((method, self.path, body))
+        return ok
 
     def _reply(self, code: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
@@ -132,6 +156,7 @@ def test_runs_come_from_the_rest_api_with_a_token_of_the_generated_password(sett
             OPS["runs_from_api"](settings)
         monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow", lambda *_a, **_k: pytest.fail("CLI called"))
         secrets.write_text('{"admin": "pw"}')
+        FakeApiServer.tokens_issued = 0
         for _ in range(2):
             runs, route = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
             assert [(r["ds"], r["state"], r["run_id"]) for r in runs] == \
@@ -140,6 +165,58 @@ def test_runs_come_from_the_rest_api_with_a_token_of_the_generated_password(sett
         assert FakeApiServer.tokens_issued == 1  # the token is reused across polls
     finally:
         server.shutdown()
+
+
+@pytest.fixture()
+def api_server(settings):
+    """A FakeApiServer on a free port; settings pointing at it, with the generated password in place."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    FakeApiServer.calls, FakeApiServer.paused, FakeApiServer.backfill_reply = [], True, (200, {"id": 7})
+    OPS["api_token"].cache_clear()
+    settings = dataclasses.replace(settings, airflow_port=server.server_address[1])
+    settings.airflow_home.mkdir()
+    (settings.airflow_home / "simple_auth_manager_passwords.json.generated").write_text('{"admin": "pw"}')
+    try:
+        yield settings
+    finally:
+        server.shutdown()
+        OPS["api_token"].cache_clear()
+
+
+def test_backfill_control_goes_through_the_rest_api(api_server, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(OPS["create_backfill"].__globals__, "airflow", lambda *_a, **_k: pytest.fail("CLI called"))
+    assert OPS["is_paused"](api_server) is True
+    OPS["set_paused"](api_server, False)
+    assert OPS["is_paused"](api_server) is False
+    OPS["create_backfill"](api_server, "2024-01-01", "2024-01-03", "failed")
+    assert ("POST", "/api/v2/backfills", {"dag_id": "recsys_daily", "from_date": "2024-01-01T00:00:00Z",
+            "to_date": "2024-01-03T00:00:00Z", "max_active_runs": 1, "reprocess_behavior": "failed"}) \
+        in FakeApiServer.calls
+    assert "backfill 7 created" in capsys.readouterr().out
+    FakeApiServer.backfill_reply = (409, {"detail": "There is already a running backfill for dag recsys_daily"})
+    OPS["create_backfill"](api_server, "2024-01-01", "2024-01-03", "failed")
+    assert "already running: waiting for its runs" in capsys.readouterr().out
+    FakeApiServer.backfill_reply = (422, {"detail": "No runs to create for Dag recsys_daily in the range [...]"})
+    with pytest.raises(SystemExit, match="REPROCESS=completed"):
+        OPS["create_backfill"](api_server, "2024-01-01", "2024-01-03", "failed")
+    assert FakeApiServer.tokens_issued >= 1 and all(path.startswith("/api/v2/") for _, path, _ in FakeApiServer.calls)
+
+
+def test_backfill_control_falls_back_to_the_cli_when_the_api_refuses(api_server, monkeypatch) -> None:
+    (api_server.airflow_home / "simple_auth_manager_passwords.json.generated").write_text('{"admin": "other"}')
+    cli: list[tuple[str, ...]] = []
+
+    def fake_airflow(_s, *args: str, **_k) -> subprocess.CompletedProcess:
+        cli.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout='[{"is_paused": "False"}]\n', stderr="")
+
+    monkeypatch.setitem(OPS["create_backfill"].__globals__, "airflow", fake_airflow)
+    assert OPS["is_paused"](api_server) is False
+    OPS["set_paused"](api_server, True)
+    OPS["create_backfill"](api_server, "2024-01-01", "2024-01-02", "none")
+    assert [a[:2] for a in cli] == [("dags", "details"), ("dags", "pause"), ("backfill", "create")]
+    assert FakeApiServer.calls == []  # the refused token never reached an endpoint
 
 
 def test_rerun_hint_and_date_count() -> None:
