@@ -433,11 +433,12 @@ def cmd_backfill(s: Settings, args: argparse.Namespace) -> int:
                          "RECSYS_START_DATE / RECSYS_END_DATE) to cover them")
     init_airflow(s)
     started: list[str] = []
-    was_paused: bool | None = None
+    unpaused = False  # by this command, so paused again at the end: the schedule is left as it was
     try:
         start_airflow(s, started)
-        was_paused = is_paused(s)  # through the api-server now: no Airflow process per call
-        set_paused(s, False)
+        if is_paused(s) is not False:  # new DAGs start paused; asked through the api-server now it answers
+            set_paused(s, False)
+            unpaused = True
         if not s.end_date:
             print("note: airflow.end_date is not set, so while the DAG is unpaused the scheduler also runs the "
                   "latest day (yesterday); for a historical data set set airflow.end_date (or RECSYS_END_DATE) "
@@ -445,7 +446,7 @@ def cmd_backfill(s: Settings, args: argparse.Namespace) -> int:
         create_backfill(s, start, end, args.reprocess)
         runs = wait_for_runs(s, start, end, expected_runs(start, end), args.timeout, args.poll)
     finally:
-        if was_paused is not False:  # leave the schedule as it was: paused DAGs (the default) stay paused
+        if unpaused:
             set_paused(s, True)
         if not args.keep_running:
             for name in reversed(started):  # leave running only what was running before

@@ -219,6 +219,35 @@ def test_backfill_control_falls_back_to_the_cli_when_the_api_refuses(api_server,
     assert FakeApiServer.calls == []  # the refused token never reached an endpoint
 
 
+@pytest.mark.parametrize(("paused_before", "start_fails", "patches"), [
+    (True, False, [False, True]),  # unpaused for the backfill, paused again
+    (False, False, []),            # a scheduled (unpaused) DAG is left alone
+    (True, True, []),              # the services never came up: nothing was unpaused, nothing to undo
+])
+def test_backfill_leaves_the_paused_flag_as_it_found_it(api_server, monkeypatch, paused_before: bool,
+                                                        start_fails: bool, patches: list[bool]) -> None:
+    FakeApiServer.paused = paused_before
+
+    def start(*_a) -> None:
+        if start_fails:
+            raise SystemExit("the Airflow api-server did not answer")
+
+    env = OPS["cmd_backfill"].__globals__
+    for name, stub in {"init_airflow": lambda _s: None, "start_airflow": start,
+                       "airflow": lambda *_a, **_k: pytest.fail("CLI called"),
+                       "wait_for_runs": lambda *_a: [{"ds": "2024-01-01", "state": "success", "run_id": "r"}]}.items():
+        monkeypatch.setitem(env, name, stub)
+    args = OPS["main"].__globals__["argparse"].Namespace(start="2024-01-01", end="2024-01-01", reprocess="failed",
+                                                         timeout=10, poll=1, keep_running=True)
+    if start_fails:
+        with pytest.raises(SystemExit, match="did not answer"):
+            OPS["cmd_backfill"](api_server, args)
+    else:
+        assert OPS["cmd_backfill"](api_server, args) == 0
+    assert [body["is_paused"] for method, _, body in FakeApiServer.calls if method == "PATCH"] == patches
+    assert FakeApiServer.paused is paused_before
+
+
 def test_rerun_hint_and_date_count() -> None:
     assert OPS["rerun_command"]("train.dsin", "2024-01-02") == "recsys train --ds 2024-01-02 --model dsin"
     assert OPS["rerun_command"]("evaluate", "2024-01-02") == "recsys evaluate --ds 2024-01-02"
