@@ -240,16 +240,16 @@ def create_backfill(s: Settings, start: str, end: str, reprocess: str) -> None:
         created = api(s, "POST", "backfills", body)
         print(f"backfill {created.get('id')} created: POST /api/v2/backfills {json.dumps(body)}")
         return
-    except urllib.error.HTTPError as exc:  # the api-server answered: its verdict stands
+    except urllib.error.HTTPError as exc:  # from the backfill endpoint (its verdict) or the token route
         detail = exc.read().decode(errors="replace")
-        if exc.code == 409:
+        if exc.code == 409 and exc.url.endswith("/backfills"):
             print("a backfill of this DAG is already running: waiting for its runs instead")
             return
-        if exc.code in (400, 404, 422):
+        if exc.code in (400, 404, 422) and exc.url.endswith("/backfills"):  # the request itself was refused
             hint = ("every date already has a run: use REPROCESS=completed to run them again"
                     if "No runs to create" in detail else f"the api-server answered {exc.code}")
             raise SystemExit(f"the backfill was not created: {hint}\n{detail[-1500:]}") from None
-        api_token.cache_clear()  # e.g. 401/403 under another auth manager: the CLI below
+        api_token.cache_clear()  # e.g. no token under another auth manager: the CLI below
     except API_ERRORS:
         api_token.cache_clear()
     print(f"airflow backfill create --dag-id {DAG_ID} --from-date {start} --to-date {end} "

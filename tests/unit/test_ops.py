@@ -96,13 +96,16 @@ class FakeApiServer(http.server.BaseHTTPRequestHandler):
     calls: list[tuple[str, str, dict | None]] = []
     paused = True
     backfill_reply: tuple[int, dict] = (200, {"id": 7})
+    token_status = 401  # the answer to wrong credentials
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/auth/token":
             ok = body == {"username": "admin", "password": "pw"}
             FakeApiServer.tokens_issued += ok
-            return self._reply(201 if ok else 401, {"access_token": "jwt"} if ok else {"detail": "Invalid credentials"})
+            if not ok:
+                return self._reply(FakeApiServer.token_status, {"detail": "Invalid credentials"})
+            return self._reply(201, {"access_token": "jwt"})
         if self._authorised("POST", body) and self.path == "/api/v2/backfills":
             return self._reply(*FakeApiServer.backfill_reply)
         return self._reply(404, {"detail": "Not Found"})
@@ -215,7 +218,11 @@ def test_backfill_control_falls_back_to_the_cli_when_the_api_refuses(api_server,
     assert OPS["is_paused"](api_server) is False
     OPS["set_paused"](api_server, True)
     OPS["create_backfill"](api_server, "2024-01-01", "2024-01-02", "none")
-    assert [a[:2] for a in cli] == [("dags", "details"), ("dags", "pause"), ("backfill", "create")]
+    # an auth manager without the token route (404 there) is no verdict on the backfill either
+    monkeypatch.setattr(FakeApiServer, "token_status", 404)
+    OPS["create_backfill"](api_server, "2024-01-01", "2024-01-02", "none")
+    assert [a[:2] for a in cli] == [("dags", "details"), ("dags", "pause"), ("backfill", "create"),
+                                    ("backfill", "create")]
     assert FakeApiServer.calls == []  # the refused token never reached an endpoint
 
 
