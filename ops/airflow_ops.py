@@ -197,15 +197,53 @@ def init_airflow(s: Settings) -> None:
     airflow(s, "dags", "reserialize")
 
 
+# --------------------------------------------------------------------------- the REST API
+
+
+@functools.cache  # one token per api-server for the whole backfill
+def api_token(s: Settings) -> str:
+    """A JWT for the public REST API (simple auth manager: `POST /auth/token` with the generated password)."""
+    path = s.airflow_home / "simple_auth_manager_passwords.json.generated"
+    user, password = next(iter(json.loads(path.read_text()).items()))
+    request = urllib.request.Request(
+        f"http://localhost:{s.airflow_port}/auth/token", method="POST",
+        data=json.dumps({"username": user, "password": password}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
+        return json.loads(response.read())["access_token"]
+
+
+# what a REST call raises when the API cannot be used: OSError (no answer; urllib's URLError and HTTPError,
+# e.g. credentials refused under another auth manager), ValueError / KeyError / StopIteration (no
+# generated password, an unexpected answer)
+API_ERRORS = (OSError, ValueError, KeyError, StopIteration)
+
+
+def api(s: Settings, method: str, path: str, body: dict | None = None) -> dict:
+    """One call to the api-server's public REST API (`/api/v2/<path>`) with the cached token; its JSON.
+
+    Raises API_ERRORS (the caller falls back to the Airflow CLI) after forgetting the token: an expired or
+    refused one is fetched again by the next call.
+    """
+    try:
+        request = urllib.request.Request(
+            f"http://localhost:{s.airflow_port}/api/v2/{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {api_token(s)}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
+            return json.loads(response.read() or b"{}")
+    except API_ERRORS:
+        api_token.cache_clear()
+        raise
+
+
 def is_paused(s: Settings) -> bool | None:
     """The DAG's paused flag, or None when it is not in the metadata DB (not parsed yet, or import errors).
 
     `GET /api/v2/dags/{dag_id}` while the api-server answers, else `airflow dags details`.
     """
-    try:
+    with contextlib.suppress(*API_ERRORS):
         return bool(api(s, "GET", f"dags/{DAG_ID}")["is_paused"])
-    except API_ERRORS:
-        api_token.cache_clear()
     details = json_lines(airflow(s, "dags", "details", DAG_ID, "-o", "json", check=False).stdout)
     return str(details[0].get("is_paused")).lower() == "true" if details else None  # the CLI prints "True"
 
@@ -217,15 +255,17 @@ def set_paused(s: Settings, paused: bool) -> None:
     is not in the metadata DB (the API answers 404, the CLI fails too); unpausing then says why instead of
     `Dag not found`.
     """
-    try:
+    with contextlib.suppress(*API_ERRORS):
         api(s, "PATCH", f"dags/{DAG_ID}", {"is_paused": paused})
         return
-    except API_ERRORS:
-        api_token.cache_clear()
     if airflow(s, "dags", "pause" if paused else "unpause", DAG_ID, check=False).returncode == 0 or paused:
         return
     errors = airflow(s, "dags", "list-import-errors", check=False).stdout
     raise SystemExit(f"{DAG_ID} is not in the metadata DB; import errors (fix them, then rerun):\n{errors[-3000:]}")
+
+
+ALREADY_RUNNING = "a backfill of this DAG is already running: waiting for its runs instead"
+NO_RUNS_HINT = "every date already has a run: use REPROCESS=completed to run them again"
 
 
 def create_backfill(s: Settings, start: str, end: str, reprocess: str) -> None:
@@ -243,25 +283,23 @@ def create_backfill(s: Settings, start: str, end: str, reprocess: str) -> None:
     except urllib.error.HTTPError as exc:  # from the backfill endpoint (its verdict) or the token route
         detail = exc.read().decode(errors="replace")
         if exc.code == 409 and exc.url.endswith("/backfills"):
-            print("a backfill of this DAG is already running: waiting for its runs instead")
+            print(ALREADY_RUNNING)
             return
         if exc.code in (400, 404, 422) and exc.url.endswith("/backfills"):  # the request itself was refused
-            hint = ("every date already has a run: use REPROCESS=completed to run them again"
-                    if "No runs to create" in detail else f"the api-server answered {exc.code}")
+            hint = NO_RUNS_HINT if "No runs to create" in detail else f"the api-server answered {exc.code}"
             raise SystemExit(f"the backfill was not created: {hint}\n{detail[-1500:]}") from None
-        api_token.cache_clear()  # e.g. no token under another auth manager: the CLI below
+        # anything else (e.g. no token route under another auth manager): the CLI below
     except API_ERRORS:
-        api_token.cache_clear()
+        pass
     print(f"airflow backfill create --dag-id {DAG_ID} --from-date {start} --to-date {end} "
           f"--max-active-runs 1 --reprocess-behavior {reprocess}")
     out = airflow(s, "backfill", "create", "--dag-id", DAG_ID, "--from-date", start, "--to-date", end,
                   "--max-active-runs", "1", "--reprocess-behavior", reprocess, check=False)
     text = out.stdout + out.stderr
     if "AlreadyRunningBackfill" in text:
-        print("a backfill of this DAG is already running: waiting for its runs instead")
+        print(ALREADY_RUNNING)
     elif out.returncode != 0:
-        hint = ("every date already has a run: use REPROCESS=completed to run them again"
-                if "NoBackfillRunsToCreate" in text else "see the output above")
+        hint = NO_RUNS_HINT if "NoBackfillRunsToCreate" in text else "see the output above"
         raise SystemExit(f"airflow backfill create failed: {hint}\n" + "\n".join(text.splitlines()[-15:]))
 
 
@@ -334,7 +372,6 @@ def list_runs(s: Settings, start: str, end: str) -> tuple[list[dict], str]:
     try:
         runs, route = runs_from_api(s), "the REST API"
     except API_ERRORS as exc:
-        api_token.cache_clear()  # e.g. an expired token: fetched again at the next call
         runs = json_lines(airflow(s, "dags", "list-runs", DAG_ID, "-o", "json").stdout)
         route = f"`airflow dags list-runs` (the REST API: {type(exc).__name__}: {exc})"
     newest: dict[str, dict] = {}
@@ -343,35 +380,6 @@ def list_runs(s: Settings, start: str, end: str) -> tuple[list[dict], str]:
         if start <= ds <= end and str(run.get("run_after", "")) >= str(newest.get(ds, {}).get("run_after", "")):
             newest[ds] = {**run, "ds": ds}
     return [newest[ds] for ds in sorted(newest)], route
-
-
-@functools.cache  # one token per api-server for the whole backfill
-def api_token(s: Settings) -> str:
-    """A JWT for the public REST API (simple auth manager: `POST /auth/token` with the generated password)."""
-    path = s.airflow_home / "simple_auth_manager_passwords.json.generated"
-    user, password = next(iter(json.loads(path.read_text()).items()))
-    request = urllib.request.Request(
-        f"http://localhost:{s.airflow_port}/auth/token", method="POST",
-        data=json.dumps({"username": user, "password": password}).encode(),
-        headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
-        return json.loads(response.read())["access_token"]
-
-
-# what a REST call raises when the API cannot be used: OSError (no answer; urllib's URLError and HTTPError,
-# e.g. credentials refused under another auth manager), ValueError / KeyError / StopIteration (no
-# generated password, an unexpected answer)
-API_ERRORS = (OSError, ValueError, KeyError, StopIteration)
-
-
-def api(s: Settings, method: str, path: str, body: dict | None = None) -> dict:
-    """One call to the api-server's public REST API (`/api/v2/<path>`) with the cached token; its JSON."""
-    request = urllib.request.Request(
-        f"http://localhost:{s.airflow_port}/api/v2/{path}", method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {api_token(s)}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (localhost only)
-        return json.loads(response.read() or b"{}")
 
 
 def runs_from_api(s: Settings) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import http.server
 import json
@@ -147,29 +148,6 @@ class FakeApiServer(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_runs_come_from_the_rest_api_with_a_token_of_the_generated_password(settings, monkeypatch) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        settings = dataclasses.replace(settings, airflow_port=server.server_address[1])
-        settings.airflow_home.mkdir()
-        secrets = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
-        secrets.write_text('{"admin": "wrong"}')
-        with pytest.raises(OSError, match="401"):  # rejected credentials: list_runs falls back to the CLI
-            OPS["runs_from_api"](settings)
-        monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow", lambda *_a, **_k: pytest.fail("CLI called"))
-        secrets.write_text('{"admin": "pw"}')
-        FakeApiServer.tokens_issued = 0
-        for _ in range(2):
-            runs, route = OPS["list_runs"](settings, "2024-01-01", "2024-01-02")
-            assert [(r["ds"], r["state"], r["run_id"]) for r in runs] == \
-                [("2024-01-01", "running", "backfill__2024-01-01T00:00:00+00:00")]
-            assert route == "the REST API"
-        assert FakeApiServer.tokens_issued == 1  # the token is reused across polls
-    finally:
-        server.shutdown()
-
-
 @pytest.fixture()
 def api_server(settings):
     """A FakeApiServer on a free port; settings pointing at it, with the generated password in place."""
@@ -185,6 +163,22 @@ def api_server(settings):
     finally:
         server.shutdown()
         OPS["api_token"].cache_clear()
+
+
+def test_runs_come_from_the_rest_api_with_a_token_of_the_generated_password(api_server, monkeypatch) -> None:
+    secrets = api_server.airflow_home / "simple_auth_manager_passwords.json.generated"
+    secrets.write_text('{"admin": "wrong"}')
+    with pytest.raises(OSError, match="401"):  # rejected credentials: list_runs falls back to the CLI
+        OPS["runs_from_api"](api_server)
+    monkeypatch.setitem(OPS["list_runs"].__globals__, "airflow", lambda *_a, **_k: pytest.fail("CLI called"))
+    secrets.write_text('{"admin": "pw"}')
+    FakeApiServer.tokens_issued = 0
+    for _ in range(2):
+        runs, route = OPS["list_runs"](api_server, "2024-01-01", "2024-01-02")
+        assert [(r["ds"], r["state"], r["run_id"]) for r in runs] == \
+            [("2024-01-01", "running", "backfill__2024-01-01T00:00:00+00:00")]
+        assert route == "the REST API"
+    assert FakeApiServer.tokens_issued == 1  # the token is reused across polls
 
 
 def test_backfill_control_goes_through_the_rest_api(api_server, monkeypatch, capsys) -> None:
@@ -244,8 +238,8 @@ def test_backfill_leaves_the_paused_flag_as_it_found_it(api_server, monkeypatch,
                        "airflow": lambda *_a, **_k: pytest.fail("CLI called"),
                        "wait_for_runs": lambda *_a: [{"ds": "2024-01-01", "state": "success", "run_id": "r"}]}.items():
         monkeypatch.setitem(env, name, stub)
-    args = OPS["main"].__globals__["argparse"].Namespace(start="2024-01-01", end="2024-01-01", reprocess="failed",
-                                                         timeout=10, poll=1, keep_running=True)
+    args = argparse.Namespace(start="2024-01-01", end="2024-01-01", reprocess="failed", timeout=10, poll=1,
+                              keep_running=True)
     if start_fails:
         with pytest.raises(SystemExit, match="did not answer"):
             OPS["cmd_backfill"](api_server, args)
