@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from recsys.config import Config
 from recsys.ingest import validate_ds
 from recsys.warehouse import bound_memory, connect, migrate_layout
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 # dbt result statuses (RunStatus / TestStatus values) that mean the build did not do its job
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
 MAX_SKIPPED_NAMED = 8
+MAX_FAILING_ROWS = 5  # rows of a failed data test shown in the error
 
 
 class TransformError(RuntimeError):
@@ -125,23 +128,49 @@ def _status(result: Any) -> str:
     return str(getattr(result.status, "value", result.status)).lower()
 
 
-def _describe(result: Any) -> str:
-    """`unique_id (status): message` of one node result; dbt's multi-line messages (unit test diffs) indented."""
+def _describe(result: Any, con: duckdb.DuckDBPyConnection | None = None) -> str:
+    """`unique_id (status): message` of one node result; dbt's multi-line messages (unit test diffs) indented.
+
+    For a data test that failed, the first MAX_FAILING_ROWS rows its query returns follow (read through
+    `con`), so the message says which column, key or row broke the rule, not only how many.
+    """
     message = str(result.message or "").strip().replace("\n", "\n      ")
     failures = getattr(result, "failures", None)
     if failures and result.node.resource_type == "test":
-        message = f"{failures} failing row(s): {message}"
+        message = f"{failures} failing row(s): {message}{_failing_rows(result.node, con)}"
     return f"{result.node.unique_id} ({_status(result)}): {message}"
 
 
-def _check(results: list[Any], ds: str) -> None:
+def _failing_rows(node: Any, con: duckdb.DuckDBPyConnection | None) -> str:
+    """The first rows of a failed data test's compiled query, one `column=value, ...` line each ('' if unreadable)."""
+    sql = getattr(node, "compiled_code", None)
+    if con is None or not sql:
+        return ""
+    try:
+        cursor = con.execute(f"SELECT * FROM ({sql}) AS failing LIMIT {MAX_FAILING_ROWS}")
+        names = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+    except duckdb.Error as exc:  # the message without rows beats no message: say why they are missing
+        return f"; failing rows not shown ({type(exc).__name__})"
+    return "".join("\n      " + ", ".join(f"{n}={v!r}" for n, v in zip(names, row, strict=True)) for row in rows)
+
+
+def _check(results: list[Any], ds: str, cfg: Config) -> None:
     """Raise TransformError if any node failed; nodes skipped because of it are listed after."""
     failed = [r for r in results if _status(r) in FAILED_STATUSES]
     if not failed:
         return
     skipped = [r.node.unique_id for r in results if _status(r) == "skipped"]
     lines = [f"dbt build for ds={ds} failed on {len(failed)} node(s):"]
-    lines += [f"  - {_describe(r)}" for r in failed]
+    try:  # to show the failing rows of failed tests
+        con: duckdb.DuckDBPyConnection | None = connect(cfg, read_only=True)
+    except (duckdb.Error, OSError):
+        con = None
+    try:
+        lines += [f"  - {_describe(r, con)}" for r in failed]
+    finally:
+        if con is not None:
+            con.close()
     if skipped:
         shown = ", ".join(skipped[:MAX_SKIPPED_NAMED]) + (", ..." if len(skipped) > MAX_SKIPPED_NAMED else "")
         lines.append(f"  {len(skipped)} node(s) skipped because of the failures: {shown}")
@@ -223,7 +252,7 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
     if outcome.exception is not None:
         raise TransformError(f"dbt build for ds={ds} did not run: {outcome.exception}") from outcome.exception
     results = list(getattr(outcome.result, "results", None) or [])
-    _check(results, ds)
+    _check(results, ds, cfg)
     if not outcome.success:  # e.g. a compilation problem reported without a node result
         raise TransformError(f"dbt build for ds={ds} failed without a failed node; see {cfg.paths.home}/dbt/logs")
     return _result(cfg, ds, results, elapsed)

@@ -337,6 +337,19 @@ def test_failing_dbt_test_raises_naming_it(built: Built, tmp_path: Path) -> None
     assert "1 failing row" in str(err.value)
 
 
+def test_a_null_fails_the_model_test_naming_the_column_and_count(built: Built, tmp_path: Path) -> None:
+    # not_null_columns checks several columns in one test: the error must still say which one is null
+    cfg = warehouse_copy(built, tmp_path)
+    changed = tamper(cfg, "UPDATE marts.training_sequences SET event_ids = NULL "
+                          "WHERE ds = ? AND user_id = (SELECT min(user_id) FROM marts.training_sequences WHERE ds = ?)",
+                     [D2, D2])
+    assert changed == 1
+    with pytest.raises(TransformError, match="not_null_columns_training_sequences") as err:
+        build(cfg, D2, select="test_name:not_null_columns")
+    assert "1 failing row(s)" in str(err.value)
+    assert "column_name='event_ids', null_rows=1" in str(err.value)  # the row of the test's query
+
+
 def test_a_new_ds_reuses_the_parse_of_the_previous_one(built: Built) -> None:
     # ds is not a parse-time var, so partial parsing survives a new date: only the first build parses files
     assert built.parsed_paths[D1] > 50
