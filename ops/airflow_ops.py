@@ -281,20 +281,21 @@ def create_backfill(s: Settings, start: str, end: str, reprocess: str) -> None:
         print(f"backfill {created.get('id')} created: POST /api/v2/backfills {json.dumps(body)}")
         return
     except urllib.error.HTTPError as exc:  # from the backfill endpoint (its verdict) or the token route
+        verdict = exc.url.endswith("/backfills")
         detail = exc.read().decode(errors="replace")
-        if exc.code == 409 and exc.url.endswith("/backfills"):
+        if verdict and exc.code == 409:
             print(ALREADY_RUNNING)
             return
-        if exc.code in (400, 404, 422) and exc.url.endswith("/backfills"):  # the request itself was refused
+        if verdict and exc.code in (400, 404, 422):  # the request itself was refused
             hint = NO_RUNS_HINT if "No runs to create" in detail else f"the api-server answered {exc.code}"
             raise SystemExit(f"the backfill was not created: {hint}\n{detail[-1500:]}") from None
         # anything else (e.g. no token route under another auth manager): the CLI below
     except API_ERRORS:
         pass
-    print(f"airflow backfill create --dag-id {DAG_ID} --from-date {start} --to-date {end} "
-          f"--max-active-runs 1 --reprocess-behavior {reprocess}")
-    out = airflow(s, "backfill", "create", "--dag-id", DAG_ID, "--from-date", start, "--to-date", end,
-                  "--max-active-runs", "1", "--reprocess-behavior", reprocess, check=False)
+    cli = ["backfill", "create", "--dag-id", DAG_ID, "--from-date", start, "--to-date", end,
+           "--max-active-runs", "1", "--reprocess-behavior", reprocess]
+    print("airflow " + " ".join(cli))
+    out = airflow(s, *cli, check=False)
     text = out.stdout + out.stderr
     if "AlreadyRunningBackfill" in text:
         print(ALREADY_RUNNING)

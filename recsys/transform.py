@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,11 @@ def _status(result: Any) -> str:
     return str(getattr(result.status, "value", result.status)).lower()
 
 
+def _has_failing_rows(result: Any) -> bool:
+    """A data test that returned rows (not a model error, not a unit test)."""
+    return bool(getattr(result, "failures", None)) and result.node.resource_type == "test"
+
+
 def _describe(result: Any, con: duckdb.DuckDBPyConnection | None = None) -> str:
     """`unique_id (status): message` of one node result; dbt's multi-line messages (unit test diffs) indented.
 
@@ -135,9 +140,8 @@ def _describe(result: Any, con: duckdb.DuckDBPyConnection | None = None) -> str:
     `con`), so the message says which column, key or row broke the rule, not only how many.
     """
     message = str(result.message or "").strip().replace("\n", "\n      ")
-    failures = getattr(result, "failures", None)
-    if failures and result.node.resource_type == "test":
-        message = f"{failures} failing row(s): {message}{_failing_rows(result.node, con)}"
+    if _has_failing_rows(result):
+        message = f"{result.failures} failing row(s): {message}{_failing_rows(result.node, con)}"
     return f"{result.node.unique_id} ({_status(result)}): {message}"
 
 
@@ -162,15 +166,12 @@ def _check(results: list[Any], ds: str, cfg: Config) -> None:
         return
     skipped = [r.node.unique_id for r in results if _status(r) == "skipped"]
     lines = [f"dbt build for ds={ds} failed on {len(failed)} node(s):"]
-    try:  # to show the failing rows of failed tests
-        con: duckdb.DuckDBPyConnection | None = connect(cfg, read_only=True)
-    except (duckdb.Error, OSError):
+    with ExitStack() as stack:  # the warehouse is opened only to show the rows of failed data tests
         con = None
-    try:
+        if any(_has_failing_rows(r) for r in failed):
+            with suppress(duckdb.Error, OSError):
+                con = stack.enter_context(closing(connect(cfg, read_only=True)))
         lines += [f"  - {_describe(r, con)}" for r in failed]
-    finally:
-        if con is not None:
-            con.close()
     if skipped:
         shown = ", ".join(skipped[:MAX_SKIPPED_NAMED]) + (", ..." if len(skipped) > MAX_SKIPPED_NAMED else "")
         lines.append(f"  {len(skipped)} node(s) skipped because of the failures: {shown}")
