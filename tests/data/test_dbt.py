@@ -281,12 +281,17 @@ def tamper(cfg: Config, sql: str, params: list[str]) -> int:
         con.close()
 
 
-@pytest.mark.parametrize("days", [[D3], [D1, D3]], ids=["one-full-build", "catch-up-after-a-skipped-day"])
-def test_incremental_runs_equal_a_full_build(built: Built, tmp_path: Path, days: list[str]) -> None:
+@pytest.mark.parametrize(("days", "threads"), [([D3], "1"), ([D1, D3], "1"), ([D3], "2")],
+                         ids=["one-full-build", "catch-up-after-a-skipped-day", "one-full-build-two-dbt-threads"])
+def test_incremental_runs_equal_a_full_build(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             days: list[str], threads: str) -> None:
+    # RECSYS_DBT_THREADS (profiles.yml) runs independent models at once: the rows must not depend on it
+    monkeypatch.setenv("RECSYS_DBT_THREADS", threads)
     cfg = relocated(built.cfg, tmp_path)
     seed_raw(cfg)
     for ds in days:
         build(cfg, ds)
+    assert f"Concurrency: {threads} threads" in (tmp_path / "dbt" / "logs" / "dbt.log").read_text()
     events_table = ["intermediate.int_events_sessionized"]
     assert digest(cfg, events_table) == digest(built.cfg, events_table)
     for table in MARTS:
