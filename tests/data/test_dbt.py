@@ -12,6 +12,7 @@ import json
 import shutil
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,6 +245,7 @@ def test_full_refresh_rebuilds_events_and_keeps_past_mart_partitions(built: Buil
     before = digest(built.cfg, tables)
     build(built.cfg, D3, full_refresh=True)  # intermediate from scratch; marts refuse a full refresh
     assert digest(built.cfg, tables) == before
+    assert rebuilt_after(built.cfg)[D3] is None  # every day rebuilt: the event tests read them all
     days = query(built.cfg, "SELECT DISTINCT ds FROM marts.training_examples ORDER BY ds")
     assert [str(d) for (d,) in days] == [D1, D2, D3]
 
@@ -294,9 +296,48 @@ def test_incremental_runs_equal_a_full_build(built: Built, tmp_path: Path, monke
     assert f"Concurrency: {threads} threads" in (tmp_path / "dbt" / "logs" / "dbt.log").read_text()
     events_table = ["intermediate.int_events_sessionized"]
     assert digest(cfg, events_table) == digest(built.cfg, events_table)
+    # the first build rebuilt every day; a catch-up the days after the last one built (its tests read them)
+    assert rebuilt_after(cfg) == {days[0]: None} | dict(zip(days[1:], days, strict=False))
     for table in MARTS:
         d3 = f"(SELECT * FROM {table} WHERE ds = '{D3}')"
         assert digest(cfg, [d3]) == digest(built.cfg, [d3]), table
+
+
+def rebuilt_after(cfg: Config) -> dict[str, str | None]:
+    """Per ds built: the last day of int_events_sessionized that ds's build kept (None: it rebuilt every day)."""
+    rows = query(cfg, "SELECT ds, rebuilt_after FROM intermediate.int_events_sessionized_builds")
+    return {str(ds): None if after is None else str(after) for ds, after in rows}
+
+
+# the last event of ds gets the id of the first one: a duplicate event_id within that day
+DUPLICATE_EVENT_ID = """UPDATE intermediate.int_events_sessionized
+    SET event_id = (SELECT min(event_id) FROM intermediate.int_events_sessionized WHERE ds = $1)
+    WHERE ds = $1 AND event_id = (SELECT max(event_id) FROM intermediate.int_events_sessionized WHERE ds = $1)"""
+
+
+def tampered_events(built: Built, home: Path, day: str) -> Config:
+    """A copy of the built warehouse with a duplicate event_id on day and no record of rebuilt days yet
+    (as before the records existed): the next build writes the first record and its tests must use it."""
+    cfg = warehouse_copy(built, home)
+    with closing(connect(cfg, read_only=False)) as con:
+        con.execute("DROP TABLE intermediate.int_events_sessionized_builds")
+    assert tamper(cfg, DUPLICATE_EVENT_ID, [day]) == 1
+    return cfg
+
+
+def test_event_tests_skip_the_days_a_build_kept(built: Built, tmp_path: Path) -> None:
+    # a D3 build rebuilds D3 and keeps D1, D2: its tests on int_events_sessionized read D2 and D3 only, so
+    # the nightly cost does not grow with the history (a broken D1 was D1's build's to catch)
+    cfg = tampered_events(built, tmp_path, D1)
+    build(cfg, D3, select="int_events_sessionized")
+    assert rebuilt_after(cfg) == {D3: D2}
+
+
+def test_event_tests_read_the_last_day_a_build_kept(built: Built, tmp_path: Path) -> None:
+    # the last kept day is read too: the one day a rewritten event could also have landed in
+    cfg = tampered_events(built, tmp_path, D2)
+    with pytest.raises(TransformError, match="unique_int_events_sessionized_event_id"):
+        build(cfg, D3, select="int_events_sessionized")
 
 
 def mark_user_histories(cfg: Config, ds: str, history_spec: str) -> int:

@@ -7,7 +7,8 @@
 -- ds) and continues each user's numbering from the state at the end of that day, so a daily run reads
 -- one day of events plus the last built event of each user with new events (users without new events
 -- are not re-read). Rerunning ds recomputes ds from the same state and gives the same rows. If the raw
--- data of a past day changes, rebuild with `dbt build --full-refresh`.
+-- data of a past day changes, rebuild with `dbt build --full-refresh`. The pre-hook records which days
+-- the run rebuilt (macros/rebuilt_days.sql), and the tests in _intermediate.yml read only those days.
 
 {{
     config(
@@ -15,7 +16,10 @@
         incremental_strategy='delete+insert',
         unique_key='ds',
         on_schema_change='fail',
-        pre_hook="{{ delete_ds_partition() }}"
+        pre_hook=[
+            "{{ record_rebuilt_days(last_built_ds(this) if is_incremental() else none) }}",
+            "{{ delete_ds_partition() }}"
+        ]
     )
 }}
 
