@@ -27,18 +27,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dt_time
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import duckdb
 import pandas as pd
 
 from feature_store.spec import FeatureSpec, FeatureSpecs, load_spec
 from recsys.config import Config
-from recsys.ingest import validate_ds
+from recsys.ingest import day_bounds, validate_ds
 from recsys.warehouse import bound_memory, connect, table_exists
 
 log = logging.getLogger(__name__)
@@ -189,14 +187,6 @@ def _days_from_ds(expr: str) -> str:
     """
     return (f"(CASE WHEN ({expr}) >= $day_start AND ({expr}) < $day_end THEN 0 "
             f"ELSE timezone($tz, ({expr})::TIMESTAMPTZ)::DATE - $ds::DATE END)::BIGINT")
-
-
-def _day_bounds(ds: str, tz: str) -> tuple[datetime, datetime]:
-    """The local day ds in time zone tz as naive UTC [start, end) (23 or 25 hours across a DST change)."""
-    zone, day = ZoneInfo(tz), date.fromisoformat(ds)
-    start, end = (datetime.combine(d, dt_time(), zone).astimezone(UTC).replace(tzinfo=None)
-                  for d in (day, day + timedelta(days=1)))
-    return start, end
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,7 +520,7 @@ def _read_frames(cfg: Config, ds: str) -> tuple[list[SuiteSpec], dict[str, pd.Da
         # limit (80% of RAM); bounded, they spill instead and the frames stay beside it
         bound_memory(con, "RECSYS_VALIDATE_MEMORY_LIMIT")
         specs = [_raw_suite(con, cfg, ds), *_mart_suites(con, cfg, ds)]
-        start, end = _day_bounds(ds, cfg.ingest.day_timezone)
+        start, end = day_bounds(ds, cfg.ingest.day_timezone)
         bind = {"ds": ds, "tz": cfg.ingest.day_timezone, "day_start": start, "day_end": end}
         for s in specs:
             started = time.perf_counter()

@@ -204,3 +204,15 @@ def test_business_day_in_another_time_zone(tmp_path: Path, monkeypatch: pytest.M
     assert rejected(cfg) == {3: "ts_outside_ds"}
     with pytest.raises(ValueError, match="not an IANA time zone"):
         ingest(cfg.with_overrides({"ingest.day_timezone": "Mars/Olympus"}), DS)
+
+
+def test_business_day_across_a_daylight_saving_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Berlin skips 02:00-03:00 on 2024-03-31: that day is 23 hours, 2024-03-30 23:00 to 03-31 22:00 UTC."""
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    cfg = load_config(overrides={"ingest.day_timezone": "Europe/Berlin", "ingest.max_reject_rate": 0.6})
+    ds = "2024-03-31"
+    write(cfg, "a.csv", HEADER + "1,2,view,2024-03-30T22:59:59,,\n2,2,view,2024-03-30T23:00:00,,\n"
+                                 "3,2,view,2024-03-31T21:59:59,,\n4,2,view,2024-03-31T22:00:00,,\n", ds=ds)
+    ingest(cfg, ds)
+    assert rows(cfg, "SELECT user_id FROM raw.behaviors ORDER BY 1") == [(2,), (3,)]
+    assert rejected(cfg) == {2: "ts_outside_ds", 5: "ts_outside_ds"}
