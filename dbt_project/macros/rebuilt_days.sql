@@ -10,7 +10,8 @@
     `rebuilt_days_filter(relation)`: the days rebuilt_after .. ds, i.e. the days the run wrote and the last
     day it kept. That day is read too because it is the only one a rewritten day can collide with: an
     event's ts fixes its ds, and only a change of ingest.day_timezone (at most a day's shift) could land
-    the same event in two neighbouring days.
+    the same event in two neighbouring days. (A new (user_id, event_number) cannot repeat an earlier
+    day's either: assert_events_numbered_in_time_order checks that ds continues each user's numbering.)
 
     Why a record and not a lookup after the fact: once the model has run, the table no longer tells which
     of its days before ds this run wrote.
@@ -22,12 +23,14 @@
                                   identifier=relation.identifier ~ '_builds')) }}
 {%- endmacro %}
 
-{#- Pre-hook: record the days this run rebuilds (call it with the same `built_until` as the model's body). -#}
-{% macro record_rebuilt_days(built_until) -%}
+{#- Pre-hook, before the model deletes or writes anything: the last day before ds is the last day kept
+    (as macros/last_built_ds.sql finds it for the model's body); a non-incremental build keeps none. -#}
+{% macro record_rebuilt_days() -%}
     {%- set log_table = rebuilt_days_log(this) -%}
     create table if not exists {{ log_table }} (ds date primary key, rebuilt_after date);
     insert or replace into {{ log_table }}
-    values ({{ ds() }}, {{ "date '" ~ built_until ~ "'" if built_until else 'null' }})
+    select {{ ds() }},
+        {% if is_incremental() %}(select max(ds) from {{ this }} where ds < {{ ds() }}){% else %}null{% endif %}
 {%- endmacro %}
 
 {#-

@@ -17,7 +17,7 @@
         unique_key='ds',
         on_schema_change='fail',
         pre_hook=[
-            "{{ record_rebuilt_days(last_built_ds(this) if is_incremental() else none) }}",
+            "{{ record_rebuilt_days() }}",
             "{{ delete_ds_partition() }}"
         ]
     )
