@@ -26,7 +26,7 @@ SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 # module is the unit of work, so module fixtures run once. The slowest units go first so that neither
 # worker is left with a long one at the end (durations in docs/testing.md).
 SLOW_FIRST = ("tests/integration/test_backfill.py", "tests/reliability/", "tests/integration/test_movielens.py",
-              "tests/data/test_dbt.py", "tests/integration/test_pipeline.py", "tests/data/test_buckets.py")
+              "tests/data/test_dbt.py", "tests/data/test_buckets.py")
 
 
 def _slow_rank(nodeid: str) -> int:

@@ -16,7 +16,7 @@ from recsys.cli import app
 from recsys.ingest import partition_dir
 from recsys.pipeline import run_stage
 from recsys.warehouse import reader, writer_lock
-from tests.reliability.conftest import Reference
+from tests.reliability.conftest import Reference, model_versions
 from tests.reliability.helpers import DAY1, DAY2, Proc, config_for, digest, restore, set_args
 
 pytestmark = pytest.mark.integration
@@ -62,6 +62,7 @@ def test_two_runs_at_once_are_serialized_and_readers_keep_working(reference: Ref
     assert any("waiting for the writer lock" in o for o in outputs)  # readers may make both wait a moment
     lineage = [line for o in outputs for line in o.splitlines() if "recsys.train" in line or "recsys.promote" in line]
     assert digest(cfg.paths.warehouse) == reference.day2, lineage  # both reruns were no-ops, in any order
+    assert model_versions(cfg) == reference.versions_day2  # each rerun reused the model of its inputs
 
 
 def test_a_writer_waits_for_the_lock_and_a_reader_reads_the_snapshot(tmp_path: Path) -> None:
