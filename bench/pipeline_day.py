@@ -7,8 +7,9 @@ the first is processed, then the second day's stages are timed one by one. `--da
 and times the last one, so the cost of a longer history shows (each earlier day's stage times are kept
 in `earlier_days`). Each run appends one
 JSON line: events, seconds per stage, events/s end to end, peak RSS (MB), dbt's per-node timings of the
-timed day (from run_results.json: the slowest models and tests) and the load average (other processes
-on the machine disturb the timings).
+timed day (from run_results.json: the slowest models and tests), the load average (other processes
+on the machine disturb the timings) and `host_probe_s`, a fixed workload run just before the timed day
+(`_probe_phase`): the host's speed varies by up to 2x between runs, so compare results with their probes.
 
 Every phase runs in a fresh child process (spawned, so nothing is inherited but the arguments): the
 generator, the untimed first day, and the timed day's three stages. A phase reports its own
@@ -119,6 +120,38 @@ def _in_child(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         return pool.submit(fn, *args).result()
 
 
+def _seconds(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return round(time.perf_counter() - started, 2)
+
+
+def _probe_phase() -> dict[str, float]:
+    """How fast the host is right now: a fixed workload, in seconds (lower is faster).
+
+    This machine's speed varies between runs by up to about 2x (the same 10M-event ingest took 33.8 s on
+    2026-12-02 and 59.4 s on 2026-12-03 with unchanged code), so a result compares with another only
+    together with the probe taken next to it. The parts are the workloads that docs/testing.md and
+    bench/README.md quote as "CPU probe": a pure-Python loop (one core; about 2-3 s here), a DuckDB hash
+    aggregate (8-11 s) and a DuckDB window (5-7 s), both on 2 threads.
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 2")
+        return {
+            "python": _seconds(lambda: sum(i * i for i in range(20_000_000))),
+            "duckdb_hash": _seconds(lambda: con.execute(
+                "SELECT count(DISTINCT hash(i) % 50000000) FROM range(60000000) t(i)").fetchone()),
+            "duckdb_window": _seconds(lambda: con.execute(
+                "SELECT sum(s) FROM (SELECT sum(i) OVER (PARTITION BY i % 1000 ORDER BY i ROWS 5 PRECEDING) s "
+                "FROM range(20000000) t(i))").fetchone()),
+        }
+    finally:
+        con.close()
+
+
 def _landed_phase(home: str, events: int, ds: str) -> dict[str, Any]:
     """What `_synth_phase` reports, read back from the landing folder of an earlier run (--resume)."""
     import pyarrow.parquet as pq
@@ -143,6 +176,7 @@ def run(events: int, seed: int, home: Path, resume: bool = False, days: int = 2)
             done = _in_child(_day_phase, str(home), ds)
             earlier_days[ds] = done["stage_s"]
             first["peak_rss_mb"] = max(first["peak_rss_mb"] or 0, done["peak_rss_mb"])
+    probe = _in_child(_probe_phase)
     day = _in_child(_day_phase, str(home), timed, True)
     total = sum(day["stage_s"].values())
     return {
@@ -153,7 +187,7 @@ def run(events: int, seed: int, home: Path, resume: bool = False, days: int = 2)
         "total_s": round(total, 2), "events_per_s": round(synth["events_day"] / total),
         "peak_rss_mb": day["peak_rss_mb"], "first_day_peak_rss_mb": first["peak_rss_mb"],
         "synth_peak_rss_mb": synth["peak_rss_mb"], "dbt_node_s": day["dbt_node_s"],
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "loadavg": [round(x, 2) for x in os.getloadavg()], "host_probe_s": probe,
         "cpus": os.cpu_count(), "python": platform.python_version(),
     }
 
