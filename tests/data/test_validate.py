@@ -4,6 +4,8 @@ observed values and the path of the Data Docs page, which exists."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -12,7 +14,7 @@ import yaml
 
 from feature_store.spec import load_spec
 from recsys.config import Config, load_config
-from recsys.validate import DataValidationError, validate
+from recsys.validate import _E, DataValidationError, Expectation, validate
 from recsys.warehouse import connect
 
 DS, PREV = "2024-01-01", "2023-12-31"
@@ -274,3 +276,21 @@ def test_validate_opens_the_warehouse_read_only(cfg: Config) -> None:
         assert validate(cfg, DS).success
     finally:
         reader.close()
+
+
+def test_suites_are_described_without_great_expectations_and_built_by_it() -> None:
+    """The frames are read while GX imports, so describing a suite must not import it; building the
+    description gives GX's own expectation, and a misspelt one fails there."""
+    probe = ("import sys; from recsys.validate import _E; "
+             "e = _E().ExpectColumnValuesToBeBetween(column='n', min_value=0, max_value=3); "
+             "print(e.name, 'great_expectations' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["ExpectColumnValuesToBeBetween", "False"], out
+
+    from great_expectations.expectations import ExpectColumnValuesToBeBetween
+
+    built = _E().ExpectColumnValuesToBeBetween(column="n", min_value=0, max_value=3).build()
+    assert isinstance(built, ExpectColumnValuesToBeBetween)
+    assert (built.column, built.min_value, built.max_value) == ("n", 0, 3)
+    with pytest.raises(AttributeError, match="ExpectColumnValuesToBeBetwen"):
+        Expectation("ExpectColumnValuesToBeBetwen", {"column": "n"}).build()
