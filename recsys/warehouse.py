@@ -325,12 +325,33 @@ def publish_snapshot(cfg: Config, max_age_s: float = 0.0) -> Path | None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     started = time.perf_counter()
-    shutil.copyfile(src, tmp)
+    how = copy_file(src, tmp)
     os.replace(tmp, dst)
     # the copy grows with the warehouse, not with the day (docs/scaling-out.md): say what it costs
-    log.info("read snapshot published: %.1f MB in %.1f s (%s)", dst.stat().st_size / 1e6,
-             time.perf_counter() - started, dst)
+    log.info("read snapshot published: %.1f MB in %.1f s (%s, %s)", dst.stat().st_size / 1e6,
+             time.perf_counter() - started, how, dst)
     return dst
+
+
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), share the source's extents with the destination
+
+
+def copy_file(src: Path, dst: Path) -> str:
+    """Copy src to dst; returns "reflink" or "copy".
+
+    On a copy-on-write filesystem (XFS with reflink, btrfs) the copy is a reflink: dst shares src's
+    blocks until either is written, so publishing a snapshot of a 7.9 GB warehouse takes milliseconds
+    instead of 23 s (10M events/day, bench/README.md session 17). Elsewhere (ext4, tmpfs, another
+    filesystem) the kernel refuses the clone and the bytes are copied (shutil.copyfile: sendfile).
+    """
+    with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
+        try:
+            fcntl.ioctl(fdst.fileno(), FICLONE, fsrc.fileno())
+            return "reflink"
+        except OSError:  # EOPNOTSUPP / EINVAL / EXDEV / ENOTTY: no clone here, copy below
+            pass
+    shutil.copyfile(src, dst)
+    return "copy"
 
 
 def _snapshot_due(src: Path, dst: Path, max_age_s: float) -> bool:

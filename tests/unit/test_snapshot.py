@@ -89,3 +89,23 @@ def test_max_age_zero_refreshes_at_every_writer_after_a_change(cfg: Config) -> N
 def test_a_negative_max_age_is_refused(cfg: Config) -> None:
     with pytest.raises(ValueError, match="snapshot_max_age_minutes"):
         load_config(overrides={"warehouse.snapshot_max_age_minutes": -1})
+
+
+def test_copy_file_clones_where_the_filesystem_can_and_copies_elsewhere(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from recsys import warehouse
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    how = warehouse.copy_file(src, tmp_path / "a.bin")  # ext4 here: "copy"; XFS (reflink) / btrfs: "reflink"
+    assert how in ("reflink", "copy") and (tmp_path / "a.bin").read_bytes() == src.read_bytes()
+
+    def refuse(*_args: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(warehouse.fcntl, "ioctl", refuse)
+    (tmp_path / "b.bin").write_bytes(b"stale bytes of an older snapshot")
+    assert warehouse.copy_file(src, tmp_path / "b.bin") == "copy"
+    assert (tmp_path / "b.bin").read_bytes() == src.read_bytes()
