@@ -340,9 +340,10 @@ def copy_file(src: Path, dst: Path) -> str:
     """Copy src to dst; returns "reflink" or "copy".
 
     On a copy-on-write filesystem (XFS with reflink, btrfs) the copy is a reflink: dst shares src's
-    blocks until either is written, so publishing a snapshot of a 7.9 GB warehouse takes milliseconds
-    instead of 23 s (10M events/day, bench/README.md session 17). Elsewhere (ext4, tmpfs, another
-    filesystem) the kernel refuses the clone and the bytes are copied (shutil.copyfile: sendfile).
+    blocks until either is written, so no block is written now (not measured here: the development
+    disk is ext4, where the byte copy of a 7.9 GB warehouse took 23.0 s, bench/README.md session 17).
+    Elsewhere (ext4, tmpfs, across filesystems) the kernel refuses the clone and the bytes are copied
+    (shutil.copyfile: sendfile).
     """
     with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
         try:
