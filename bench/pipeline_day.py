@@ -9,7 +9,7 @@ in `earlier_days`). Each run appends one
 JSON line: events, seconds per stage, events/s end to end, peak RSS (MB), dbt's per-node timings of the
 timed day (from run_results.json: the slowest models and tests), the load average (other processes
 on the machine disturb the timings) and `host_probe_s`, a fixed workload run just before the timed day
-(`_probe_phase`): the host's speed varies by up to 2x between runs, so compare results with their probes.
+(`_probe_phase`): the host's speed varies between runs, so compare results with their probes.
 
 Every phase runs in a fresh child process (spawned, so nothing is inherited but the arguments): the
 generator, the untimed first day, and the timed day's three stages. A phase reports its own
@@ -129,9 +129,10 @@ def _seconds(fn: Callable[[], object]) -> float:
 def _probe_phase() -> dict[str, float]:
     """How fast the host is right now: a fixed workload, in seconds (lower is faster).
 
-    This machine's speed varies between runs by up to about 2x (the same 10M-event ingest took 33.8 s on
-    2026-12-02 and 59.4 s on 2026-12-03 with unchanged code), so a result compares with another only
-    together with the probe taken next to it. The parts are the workloads that docs/testing.md and
+    This machine's speed varies between runs: the same probe took 2.10 to 3.10 s (python), 8.16 to
+    11.67 s (hash) and 5.21 to 6.83 s (window) on 2026-12-03, and dbt's node times of unchanged SQL
+    49.5 to 58.1 s at 1M, so a result compares with another only together with the probe taken next to
+    it. The parts are the workloads that docs/testing.md and
     bench/README.md quote as "CPU probe": a pure-Python loop (one core; about 2-3 s here), a DuckDB hash
     aggregate (8-11 s) and a DuckDB window (5-7 s), both on 2 threads.
     """
