@@ -9,7 +9,10 @@ in `earlier_days`). Each run appends one
 JSON line: events, seconds per stage, events/s end to end, peak RSS (MB), dbt's per-node timings of the
 timed day (from run_results.json: the slowest models and tests), the load average (other processes
 on the machine disturb the timings) and `host_probe_s`, a fixed workload run just before the timed day
-(`_probe_phase`): the host's speed varies between runs, so compare results with their probes.
+(`_probe_phase`): the host's speed varies between runs, so compare results with their probes. Beside
+them: `day_cpu_s`, the CPU seconds the timed day's process used, and `host_cpu_s`, what the machine's
+CPUs did meanwhile (busy / idle / steal seconds from /proc/stat, summed over CPUs; steal is time the
+hypervisor gave our virtual CPUs to another guest, which a probe taken before the day cannot see).
 
 Every phase runs in a fresh child process (spawned, so nothing is inherited but the arguments): the
 generator, the untimed first day, and the timed day's three stages. A phase reports its own
@@ -49,6 +52,38 @@ def _peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) this process and the children it waited for have used."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+HOST_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def _host_ticks() -> dict[str, int] | None:
+    """The whole machine's CPU time so far by state, in clock ticks (the first line of /proc/stat; None
+    where there is none)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    return dict(zip(HOST_STATES, map(int, fields[1:1 + len(HOST_STATES)]), strict=True))
+
+
+def _host_cpu_s(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, float] | None:
+    """What every CPU of the machine did between two `_host_ticks`, in seconds summed over the CPUs:
+    `busy` (any process, this benchmark's included), `idle` (idle + waiting for I/O) and `steal` (the
+    hypervisor ran another guest on our virtual CPU: time this machine's CPUs did not have)."""
+    if before is None or after is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    delta = {k: (after[k] - before[k]) / tick for k in HOST_STATES}
+    busy = sum(delta[k] for k in ("user", "nice", "system", "irq", "softirq"))
+    return {"busy": round(busy, 1), "idle": round(delta["idle"] + delta["iowait"], 1),
+            "steal": round(delta["steal"], 1)}
 
 
 def _dbt_timings(target: Path, top: int = 20) -> dict[str, float]:
@@ -98,7 +133,7 @@ def _day_phase(home: str, ds: str, next_night: bool = False) -> dict[str, Any]:
         run_stage(stage, ds, cfg)
         timings[stage] = round(time.perf_counter() - t, 2)
     return {"stage_s": timings, "dbt_node_s": _dbt_timings(Path(cfg.paths.dbt_target)),
-            "peak_rss_mb": round(_peak_rss_mb())}
+            "peak_rss_mb": round(_peak_rss_mb()), "cpu_s": round(_cpu_s(), 1)}
 
 
 def _as_if_a_day_passed(cfg: Any) -> None:
@@ -178,7 +213,9 @@ def run(events: int, seed: int, home: Path, resume: bool = False, days: int = 2)
             earlier_days[ds] = done["stage_s"]
             first["peak_rss_mb"] = max(first["peak_rss_mb"] or 0, done["peak_rss_mb"])
     probe = _in_child(_probe_phase)
+    ticks = _host_ticks()
     day = _in_child(_day_phase, str(home), timed, True)
+    host_cpu = _host_cpu_s(ticks, _host_ticks())
     total = sum(day["stage_s"].values())
     return {
         "bench": "pipeline_day", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -189,6 +226,7 @@ def run(events: int, seed: int, home: Path, resume: bool = False, days: int = 2)
         "peak_rss_mb": day["peak_rss_mb"], "first_day_peak_rss_mb": first["peak_rss_mb"],
         "synth_peak_rss_mb": synth["peak_rss_mb"], "dbt_node_s": day["dbt_node_s"],
         "loadavg": [round(x, 2) for x in os.getloadavg()], "host_probe_s": probe,
+        "day_cpu_s": day.get("cpu_s"), "host_cpu_s": host_cpu,
         "cpus": os.cpu_count(), "python": platform.python_version(),
     }
 

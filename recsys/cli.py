@@ -179,6 +179,29 @@ def status(ds: DsOpt, config: ConfigOpt = None,
         render(result, console)
 
 
+@app.command()
+def freshness(config: ConfigOpt = None) -> None:
+    """How old the newest landed behaviours and snapshots are (`dbt source freshness`); exit 1 on an error.
+
+    The thresholds are in dbt_project/models/staging/__sources.yml. dbt opens the warehouse for writing, so
+    this waits while a pipeline stage writes.
+    """
+    from recsys.freshness import check_sources
+    from recsys.warehouse import writer_lock
+
+    try:
+        cfg = _config(config)
+        with writer_lock(cfg):
+            results = check_sources(cfg)
+    except Exception as exc:
+        _fail(exc)
+    _print_table("Source freshness", ["source", "status", "newest (UTC)", "age h"],
+                 [(r.source, r.status, r.max_loaded_at or r.message,
+                  "" if r.age_hours is None else f"{r.age_hours:.1f}") for r in results])
+    if any(r.status in ("error", "runtime error") for r in results):
+        raise typer.Exit(1)
+
+
 def _print_table(title: str | None, columns: list[str], rows: list[tuple]) -> None:
     table = Table(title=title)
     for c in columns:

@@ -58,6 +58,20 @@ class IngestConfig:
     behaviors: tuple[str, ...] = ("view", "cart", "fav", "buy", "rating")
 
 
+# the smallest value each integer feature setting accepts (0 is meaningful only where it says "none")
+FEATURE_MINIMA = {
+    "session_gap_minutes": 0,      # 0: every instant its own session
+    "history_max_len": 1,
+    "negatives_per_positive": 1,   # a training day needs both labels
+    "dsin_max_sessions": 1,
+    "dsin_session_len": 1,
+    "candidates_per_user": 1,
+    "candidate_window_days": 1,
+    "covisitation_seeds": 0,       # 0: no co-visitation candidates
+    "covisitation_neighbours": 0,
+}
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     session_gap_minutes: int = 30
@@ -75,7 +89,11 @@ class FeatureConfig:
     candidates_include_touched: bool = False  # True: items the user already touched may be candidates
 
     def __post_init__(self) -> None:
-        # fail at load time, not minutes later inside dbt's compilation of training_examples
+        # fail at load time, not minutes later inside dbt (or with silently empty marts: a user_histories
+        # row joins the user's session list, so dsin_max_sessions 0 would drop every user)
+        for name, low in FEATURE_MINIMA.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"features.{name} ({getattr(self, name)}) must be at least {low}")
         if not 0 <= self.popularity_negatives_per_positive <= self.negatives_per_positive:
             raise ValueError(f"features.popularity_negatives_per_positive ({self.popularity_negatives_per_positive}) "
                              f"must be between 0 and features.negatives_per_positive ({self.negatives_per_positive})")

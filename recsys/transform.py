@@ -92,7 +92,7 @@ def dbt_args(cfg: Config, ds: str | None, select: str | None = None, full_refres
     """
     project = Path(cfg.paths.dbt_project)
     args = [
-        command,
+        *command.split(),  # e.g. "source freshness"
         "--project-dir", str(project),
         "--profiles-dir", str(project),
         "--target-path", str(cfg.paths.dbt_target),
@@ -110,7 +110,7 @@ def dbt_args(cfg: Config, ds: str | None, select: str | None = None, full_refres
 
 
 @contextmanager
-def _environment(**values: str) -> Iterator[None]:
+def dbt_environment(**values: str) -> Iterator[None]:
     """Set environment variables for the block and restore the previous values afterwards."""
     previous = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -178,7 +178,7 @@ def _check(results: list[Any], ds: str, cfg: Config) -> None:
     raise TransformError("\n".join(lines), failed=tuple(r.node.unique_id for r in failed))
 
 
-def _release_warehouse() -> None:
+def release_warehouse() -> None:
     """Close the DuckDB database dbt-duckdb keeps open in this process after an invocation.
 
     dbt-duckdb caches one environment (and its DuckDB connection) on a class attribute and does not always
@@ -226,6 +226,7 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
         ValueError: ds is not a YYYY-MM-DD date.
         FileNotFoundError: the warehouse does not exist yet (ingest creates it).
         TransformError: dbt failed to start, or any node failed; the message names them.
+        FreshnessError (a TransformError): ds is a live date and a raw source is past its error_after.
     """
     ds = validate_ds(ds)
     warehouse = Path(cfg.paths.warehouse)
@@ -233,11 +234,14 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
         raise FileNotFoundError(f"warehouse {warehouse} does not exist yet; run `recsys ingest --ds {ds}` first")
     from dbt.cli.main import dbtRunner  # dbt loads only when this stage runs
 
+    from recsys.freshness import gate
+
+    gate(cfg, ds)  # live runs only: raw sources older than __sources.yml allows fail before anything is built
     with closing(connect(cfg, read_only=False)) as con:
         bound_memory(con, "RECSYS_DUCKDB_MEMORY_LIMIT", "3GB")  # dbt's own limit (profiles.yml)
         migrate_layout(con)  # before dbt: it would replace an older layout's tables, not move their rows
     started = time.monotonic()
-    with _environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
+    with dbt_environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
         try:
             outcome = dbtRunner().invoke(dbt_args(cfg, None, extra_vars=extra_vars, command="parse"))
             if outcome.success:  # a failed parse (e.g. a malformed var) is reported like a failed build
@@ -245,7 +249,7 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
                     dbt_args(cfg, ds, select, full_refresh, extra_vars))
         finally:
             dbt_done = time.monotonic()
-            _release_warehouse()
+            release_warehouse()
     done = time.monotonic()
     elapsed = done - started
     # closing checkpoints what dbt's last writes left in the write-ahead log: part of the stage's cost

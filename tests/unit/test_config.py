@@ -20,6 +20,23 @@ def test_popularity_negatives_must_fit_in_the_negatives(popular: int) -> None:
                                "features.popularity_negatives_per_positive": popular})
 
 
+@pytest.mark.parametrize(("name", "value"), [("history_max_len", 0), ("negatives_per_positive", 0),
+                                           ("dsin_max_sessions", 0), ("dsin_session_len", 0),
+                                           ("candidates_per_user", 0), ("candidate_window_days", 0),
+                                           ("session_gap_minutes", -1), ("covisitation_seeds", -1)])
+def test_feature_settings_below_their_minimum_are_refused_by_name(name: str, value: int) -> None:
+    with pytest.raises(ValueError, match=rf"features\.{name} \({value}\) must be at least"):
+        load_config(overrides={f"features.{name}": value})
+
+
+def test_feature_settings_at_their_minimum_load() -> None:
+    from recsys.config import FEATURE_MINIMA
+
+    cfg = load_config(overrides={f"features.{name}": low for name, low in FEATURE_MINIMA.items()}
+                      | {"features.popularity_negatives_per_positive": 0})
+    assert all(getattr(cfg.features, name) == low for name, low in FEATURE_MINIMA.items())
+
+
 def test_unknown_section_is_refused(tmp_path) -> None:
     path = tmp_path / "recsys.yaml"
     path.write_text("trian:\n  epochs: 1\n")
