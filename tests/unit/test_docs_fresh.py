@@ -20,7 +20,7 @@ def test_generated_doc_is_up_to_date(script: str, doc: str) -> None:
 def test_cli_reference_covers_every_command() -> None:
     text = (REPO / "docs" / "cli.md").read_text()
     for command in ("ingest", "transform", "validate", "train", "promote", "score", "evaluate", "run", "status",
-                    "sql", "summary", "data synth", "data import movielens", "data import taobao"):
+                    "sql", "summary", "freshness", "data synth", "data import movielens", "data import taobao"):
         assert f"## `recsys {command}`" in text, command
 
 
