@@ -409,8 +409,11 @@ def test_ds_and_vars_are_validated_before_sql_runs(built: Built) -> None:
         build(built.cfg, "2024-1-3")
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         build(built.cfg, "2024-01-03'; DROP TABLE raw.behaviors; --")
+    with pytest.raises(ValueError, match=r"features\.history_max_len \(-1\) must be at least 1"):
+        built.cfg.with_overrides({"features.history_max_len": -1})  # the config refuses it at load
+    # a var that reaches dbt without the config (dbt run by hand, extra vars) is refused before any SQL runs
     with pytest.raises(TransformError, match="history_max_len must be a non-negative integer"):
-        build(built.cfg.with_overrides({"features.history_max_len": -1}), D3)  # refused before any SQL runs
+        build(built.cfg, D3, extra_vars={"history_max_len": -1})
     args = dbt_args(built.cfg, D3, select="marts")
     assert args[0] == "build" and args[-2:] == ["--select", "marts"]
     assert '"ds": "2024-01-03"' in args[args.index("--vars") + 1]
