@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from recsys.config import Config
-from recsys.transform import TransformError
+from recsys.transform import TransformError, dbt_args, dbt_environment, release_warehouse
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class SourceFreshness:
         status: dbt's verdict: pass, warn, error or runtime error.
         max_loaded_at: the newest `loaded_at_field` value (UTC, ISO), None when dbt could not read one.
         age_hours: hours from max_loaded_at to the check, None when dbt could not read one.
-        message: dbt's message for a runtime error ('' otherwise).
+        message: dbt's message for a runtime error, "no rows" for an empty table ('' otherwise).
     """
 
     source: str
@@ -68,8 +68,6 @@ def check_sources(cfg: Config) -> list[SourceFreshness]:
     """
     from dbt.cli.main import dbtRunner  # dbt loads only when freshness is checked
 
-    from recsys.transform import dbt_args, dbt_environment, release_warehouse
-
     warehouse = Path(cfg.paths.warehouse)
     if not warehouse.exists():
         raise FileNotFoundError(f"warehouse {warehouse} does not exist yet; run `recsys ingest` first")
@@ -90,12 +88,17 @@ def _freshness(result: Any) -> SourceFreshness:
     status = str(getattr(result.status, "value", result.status)).lower()
     loaded = getattr(result, "max_loaded_at", None)
     age = getattr(result, "age", None)
+    message = str(getattr(result, "message", "") or "") if status == "runtime error" else ""
+    if loaded is not None and loaded.year == 1:  # dbt's stand-in for max() of an empty table
+        loaded, age, message = None, None, "no rows"
+    if loaded is not None and loaded.tzinfo is not None:
+        loaded = loaded.astimezone(UTC).replace(tzinfo=None)
     return SourceFreshness(
         source=f"{node.source_name}.{node.name}",
         status=status,
-        max_loaded_at=loaded.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds") if loaded else None,
+        max_loaded_at=loaded.isoformat(sep=" ", timespec="seconds") if loaded else None,
         age_hours=round(age / 3600, 2) if age is not None else None,
-        message=str(getattr(result, "message", "") or "") if status == "runtime error" else "",
+        message=message,
     )
 
 

@@ -83,6 +83,18 @@ def test_fresh_sources_pass_and_a_backfill_is_not_checked(cfg: Config, caplog: p
     assert "is a backfill" in caplog.text
 
 
+def test_an_empty_snapshot_table_warns_as_having_no_rows(cfg: Config) -> None:
+    seed(cfg, behaviours_age=timedelta(hours=1), snapshots_age=timedelta(days=0))
+    con = connect(cfg, read_only=False)
+    try:
+        con.execute("DELETE FROM raw.items")  # no catalogue landed yet
+    finally:
+        con.close()
+    items = {r.source: r for r in check_sources(cfg)}["raw.items"]
+    assert (items.status, items.max_loaded_at, items.age_hours) == ("warn", None, None)
+    assert items.describe() == "raw.items: warn (no rows)"
+
+
 def test_cli_prints_each_source_and_exits_1_on_an_error(cfg: Config) -> None:
     seed(cfg, behaviours_age=timedelta(hours=80), snapshots_age=timedelta(days=2))
     out = CliRunner().invoke(app, ["freshness"])
