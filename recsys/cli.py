@@ -198,7 +198,7 @@ def freshness(config: ConfigOpt = None) -> None:
     _print_table("Source freshness", ["source", "status", "newest (UTC)", "age h"],
                  [(r.source, r.status, r.max_loaded_at or r.message,
                   "" if r.age_hours is None else f"{r.age_hours:.1f}") for r in results])
-    if any(r.status in ("error", "runtime error") for r in results):
+    if any(r.failed for r in results):
         raise typer.Exit(1)
 
 

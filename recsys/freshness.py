@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from recsys.config import Config
-from recsys.transform import TransformError, dbt_args, dbt_environment, release_warehouse
+from recsys.transform import FAILED_STATUSES, TransformError, dbt_args, dbt_session, result_status
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ class SourceFreshness:
     age_hours: float | None
     message: str = ""
 
+    @property
+    def failed(self) -> bool:
+        """Past `error_after`, or not computable (dbt's `error` / `runtime error`)."""
+        return self.status in FAILED_STATUSES
+
     def describe(self) -> str:
         if self.age_hours is None:
             return f"{self.source}: {self.status} ({self.message or 'no loaded_at'})"
@@ -71,11 +76,8 @@ def check_sources(cfg: Config) -> list[SourceFreshness]:
     warehouse = Path(cfg.paths.warehouse)
     if not warehouse.exists():
         raise FileNotFoundError(f"warehouse {warehouse} does not exist yet; run `recsys ingest` first")
-    with dbt_environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
-        try:
-            outcome = dbtRunner().invoke(dbt_args(cfg, None, command="source freshness"))
-        finally:
-            release_warehouse()
+    with dbt_session(warehouse):
+        outcome = dbtRunner().invoke(dbt_args(cfg, None, command="source freshness"))
     if outcome.exception is not None:
         raise FreshnessError(f"dbt source freshness did not run: {outcome.exception}") from outcome.exception
     results = [_freshness(r) for r in getattr(outcome.result, "results", None) or []]
@@ -85,7 +87,7 @@ def check_sources(cfg: Config) -> list[SourceFreshness]:
 def _freshness(result: Any) -> SourceFreshness:
     """One dbt SourceFreshnessResult (or its runtime-error variant) as a SourceFreshness."""
     node = result.node
-    status = str(getattr(result.status, "value", result.status)).lower()
+    status = result_status(result)
     loaded = getattr(result, "max_loaded_at", None)
     age = getattr(result, "age", None)
     message = str(getattr(result, "message", "") or "") if status == "runtime error" else ""
@@ -116,7 +118,7 @@ def gate(cfg: Config, ds: str) -> list[SourceFreshness]:
     for result in results:
         if result.status == "warn":
             log.warning("source freshness ds=%s: %s", ds, result.describe())
-    failed = [r for r in results if r.status in ("error", "runtime error")]
+    failed = [r for r in results if r.failed]
     if failed:
         lines = "\n".join(f"  - {r.describe()}" for r in failed)
         raise FreshnessError(f"source freshness for ds={ds} failed (thresholds in "

@@ -36,7 +36,7 @@ from recsys.warehouse import bound_memory, connect, migrate_layout
 
 log = logging.getLogger(__name__)
 
-# dbt result statuses (RunStatus / TestStatus values) that mean the build did not do its job
+# dbt result statuses (RunStatus / TestStatus / FreshnessStatus values) that mean the invocation did not do its job
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
 MAX_SKIPPED_NAMED = 8
 MAX_FAILING_ROWS = 5  # rows of a failed data test shown in the error
@@ -110,7 +110,7 @@ def dbt_args(cfg: Config, ds: str | None, select: str | None = None, full_refres
 
 
 @contextmanager
-def dbt_environment(**values: str) -> Iterator[None]:
+def _environment(**values: str) -> Iterator[None]:
     """Set environment variables for the block and restore the previous values afterwards."""
     previous = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -124,7 +124,19 @@ def dbt_environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _status(result: Any) -> str:
+@contextmanager
+def dbt_session(warehouse: Path) -> Iterator[None]:
+    """The block's dbt invocations run against `warehouse` (profiles.yml reads `$RECSYS_WAREHOUSE`); at the
+    end, even on an error, the DuckDB database dbt-duckdb keeps open is closed (`_release_warehouse`)."""
+    with _environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
+        try:
+            yield
+        finally:
+            _release_warehouse()
+
+
+def result_status(result: Any) -> str:
+    """A dbt node or source result's status as a lower-case string (`success`, `warn`, `runtime error`, ...)."""
     return str(getattr(result.status, "value", result.status)).lower()
 
 
@@ -142,7 +154,7 @@ def _describe(result: Any, con: duckdb.DuckDBPyConnection | None = None) -> str:
     message = str(result.message or "").strip().replace("\n", "\n      ")
     if _has_failing_rows(result):
         message = f"{result.failures} failing row(s): {message}{_failing_rows(result.node, con)}"
-    return f"{result.node.unique_id} ({_status(result)}): {message}"
+    return f"{result.node.unique_id} ({result_status(result)}): {message}"
 
 
 def _failing_rows(node: Any, con: duckdb.DuckDBPyConnection | None) -> str:
@@ -161,10 +173,10 @@ def _failing_rows(node: Any, con: duckdb.DuckDBPyConnection | None) -> str:
 
 def _check(results: list[Any], ds: str, cfg: Config) -> None:
     """Raise TransformError if any node failed; nodes skipped because of it are listed after."""
-    failed = [r for r in results if _status(r) in FAILED_STATUSES]
+    failed = [r for r in results if result_status(r) in FAILED_STATUSES]
     if not failed:
         return
-    skipped = [r.node.unique_id for r in results if _status(r) == "skipped"]
+    skipped = [r.node.unique_id for r in results if result_status(r) == "skipped"]
     lines = [f"dbt build for ds={ds} failed on {len(failed)} node(s):"]
     with ExitStack() as stack:  # the warehouse is opened only to show the rows of failed data tests
         con = None
@@ -178,7 +190,7 @@ def _check(results: list[Any], ds: str, cfg: Config) -> None:
     raise TransformError("\n".join(lines), failed=tuple(r.node.unique_id for r in failed))
 
 
-def release_warehouse() -> None:
+def _release_warehouse() -> None:
     """Close the DuckDB database dbt-duckdb keeps open in this process after an invocation.
 
     dbt-duckdb caches one environment (and its DuckDB connection) on a class attribute and does not always
@@ -241,7 +253,7 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
         bound_memory(con, "RECSYS_DUCKDB_MEMORY_LIMIT", "3GB")  # dbt's own limit (profiles.yml)
         migrate_layout(con)  # before dbt: it would replace an older layout's tables, not move their rows
     started = time.monotonic()
-    with dbt_environment(RECSYS_WAREHOUSE=str(warehouse), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
+    with dbt_session(warehouse):
         try:
             outcome = dbtRunner().invoke(dbt_args(cfg, None, extra_vars=extra_vars, command="parse"))
             if outcome.success:  # a failed parse (e.g. a malformed var) is reported like a failed build
@@ -249,7 +261,6 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
                     dbt_args(cfg, ds, select, full_refresh, extra_vars))
         finally:
             dbt_done = time.monotonic()
-            release_warehouse()
     done = time.monotonic()
     elapsed = done - started
     # closing checkpoints what dbt's last writes left in the write-ahead log: part of the stage's cost
@@ -265,14 +276,14 @@ def build(cfg: Config, ds: str, select: str | None = None, full_refresh: bool = 
 
 def _result(cfg: Config, ds: str, results: list[Any], elapsed: float) -> TransformResult:
     manifest = Path(cfg.paths.dbt_target) / "manifest.json"
-    passed = [r for r in results if _status(r) in ("success", "pass", "warn")]
+    passed = [r for r in results if result_status(r) in ("success", "pass", "warn")]
     tests = [r for r in passed if r.node.resource_type in ("test", "unit_test")]
     summary = TransformResult(
         ds=ds,
         nodes=[r.node.unique_id for r in passed],
         models=[r.node.name for r in passed if r.node.resource_type == "model"],
         tests_passed=len(tests),
-        warnings=[_describe(r) for r in results if _status(r) == "warn"],
+        warnings=[_describe(r) for r in results if result_status(r) == "warn"],
         manifest_sha256=_sha256(manifest),
         project_sha256=project_fingerprint(manifest),
         elapsed_s=round(elapsed, 3),

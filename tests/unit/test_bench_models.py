@@ -5,7 +5,6 @@ The runner imports the peers' common.py from ../shared/bench/peers; the tests sk
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,19 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench_scripts import load_bench
+
 N_ITEMS, N_CATS, N_USERS, MAX_LEN = 60, 5, 10, 50
 
 
-def _load_runner() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_models", REPO / "bench" / "models.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bm = _load_runner()
+bm = load_bench("models")
 pytestmark = pytest.mark.skipif(not (bm.PEERS_DIR / "common.py").is_file(),
                                 reason=f"peer benchmark (common.py) not at {bm.PEERS_DIR}")
 

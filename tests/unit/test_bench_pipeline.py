@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import Any
+from tests.bench_scripts import load_bench
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_pipeline_day", REPO / "bench" / "pipeline_day.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pd_bench = _load()
+pd_bench = load_bench("pipeline_day")
 
 
 def test_host_cpu_splits_busy_idle_and_steal_seconds() -> None:
